@@ -1,0 +1,5 @@
+// csp — channels and select, in one include.
+#pragma once
+
+#include "chan.hpp"
+#include "select.hpp"

@@ -1,0 +1,140 @@
+// csp::detail::select_case — one case of a select, as the select loop sees it.
+//
+// A case is a small protocol (the steps of Go's selectgo, one virtual call
+// each): try it now under its channel's lock, register a node on the
+// channel's queue, take the node back, and finally run the user's handler
+// once the select has released every lock. Cases live on the caller's frame
+// (or in the caller's vector) for the whole select, so their wait_nodes and
+// value slots stay put while registered.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+
+#include "chan_state.hpp"
+
+namespace csp::detail {
+
+enum class case_kind { recv, send, fallback, timeout, stop };
+
+class case_base {
+public:
+    explicit case_base(case_kind k) noexcept : kind(k) {}
+    virtual ~case_base() = default;
+
+    // The channel whose lock try_now/enqueue/dequeue need; null if none.
+    virtual chan_base* channel() const noexcept { return nullptr; }
+    // Requires channel()'s lock. Completes the case now if it is ready.
+    virtual poll try_now(wake_list&) { return poll::blocked; }
+    // Requires channel()'s lock.
+    virtual void enqueue(waiter&, int) noexcept {}
+    virtual void dequeue() noexcept {}
+    // Runs the handler after the case was chosen; no lock is held.
+    virtual void run(outcome how) = 0;
+
+    const case_kind kind;
+    steady_time deadline{};                 // timeout cases only
+    std::stop_token stop;                   // stop cases only
+};
+
+template <class T, class F>
+class recv_case final : public case_base {
+public:
+    recv_case(chan_state<T>* ch, F f) : case_base(case_kind::recv), ch_(ch), f_(std::move(f)) {}
+    recv_case(recv_case&& o) : case_base(case_kind::recv), ch_(o.ch_), f_(std::move(o.f_)) {}
+
+    chan_base* channel() const noexcept override { return ch_; }
+    poll try_now(wake_list& woken) override {
+        return ch_ ? ch_->recv_locked(value_, woken) : poll::blocked;
+    }
+    void enqueue(waiter& w, int index) noexcept override {
+        if (!ch_) return;
+        node_.owner = &w;
+        node_.slot = &value_;
+        node_.case_index = index;
+        ch_->enqueue_recv_locked(node_);
+    }
+    void dequeue() noexcept override {
+        if (ch_) ch_->dequeue_recv_locked(node_);
+    }
+    void run(outcome) override {
+        std::optional<T> v = std::move(value_);
+        value_.reset();  // the case can be used in the next select
+        std::invoke(f_, std::move(v));
+    }
+
+private:
+    chan_state<T>* ch_;
+    F f_;
+    std::optional<T> value_;
+    wait_node node_;
+};
+
+// Owned: the case holds the value (given as an rvalue); otherwise it refers
+// to the caller's object and moves from it only if the case is chosen.
+template <class T, class F, bool Owned>
+class send_case final : public case_base {
+    using stored = std::conditional_t<Owned, T, T*>;
+
+public:
+    send_case(chan_state<T>* ch, stored v, F f)
+        : case_base(case_kind::send), ch_(ch), v_(std::move(v)), f_(std::move(f)) {}
+    send_case(send_case&& o)
+        : case_base(case_kind::send), ch_(o.ch_), v_(std::move(o.v_)), f_(std::move(o.f_)) {}
+
+    chan_base* channel() const noexcept override { return ch_; }
+    poll try_now(wake_list& woken) override {
+        return ch_ ? ch_->send_locked(value(), woken) : poll::blocked;
+    }
+    void enqueue(waiter& w, int index) noexcept override {
+        if (!ch_) return;
+        node_.owner = &w;
+        node_.slot = &value();
+        node_.case_index = index;
+        ch_->enqueue_send_locked(node_);
+    }
+    void dequeue() noexcept override {
+        if (ch_) ch_->dequeue_send_locked(node_);
+    }
+    void run(outcome how) override {
+        if (how == outcome::closed) throw closed_error("csp: send on a closed channel (select)");
+        std::invoke(f_);
+    }
+
+private:
+    T& value() noexcept {
+        if constexpr (Owned) return v_;
+        else return *v_;
+    }
+    chan_state<T>* ch_;
+    stored v_;
+    F f_;
+    wait_node node_;
+};
+
+// default, timeout and stop cases: no channel, only a handler.
+template <class F>
+class plain_case final : public case_base {
+public:
+    plain_case(case_kind k, F f) : case_base(k), f_(std::move(f)) {}
+    plain_case(plain_case&& o) : case_base(o.kind), f_(std::move(o.f_)) {
+        deadline = o.deadline;
+        stop = o.stop;
+    }
+    poll try_now(wake_list&) override {
+        return kind == case_kind::stop && stop.stop_requested() ? poll::done : poll::blocked;
+    }
+    void run(outcome) override { std::invoke(f_); }
+
+private:
+    F f_;
+};
+
+struct no_op {
+    void operator()() const noexcept {}
+};
+
+}  // namespace csp::detail

@@ -1,0 +1,41 @@
+// csp::detail::wait_claimed — the blocking face's wait: park a thread until
+// its waiter is claimed, by a peer, by its deadline or by a stop request.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <stop_token>
+
+#include "waiter.hpp"
+
+namespace csp::detail {
+
+using steady_time = std::chrono::steady_clock::time_point;
+
+// What a stop request does to a parked thread: claim it for `stop_case`, and
+// wake it if that claim won. std::stop_callback's destructor waits for a
+// callback that is running, so the waiter outlives every call of this.
+struct stop_claim {
+    thread_waiter* w;
+    int stop_case;
+    void operator()() const noexcept {
+        if (w->try_claim(stop_case)) w->wake();
+    }
+};
+
+// Parks until `w` is claimed and woken; returns the case it was claimed for.
+// On a deadline the thread claims itself for `timeout_case`; if that CAS
+// loses, a peer claimed it first and the thread waits for the peer's wake,
+// so a value that was delivered is never dropped by a timeout.
+inline int wait_claimed(thread_waiter& w, const steady_time* deadline, int timeout_case,
+                        const std::stop_token* stop, int stop_case) {
+    std::optional<std::stop_callback<stop_claim>> on_stop;
+    if (stop && stop->stop_possible()) on_stop.emplace(*stop, stop_claim{&w, stop_case});
+    if (deadline && !w.park().park_until(*deadline)) {
+        if (w.try_claim(timeout_case)) return timeout_case;
+    }
+    w.park().park();
+    return w.claimed_case();
+}
+
+}  // namespace csp::detail
