@@ -85,6 +85,7 @@ public:
     bool operator==(const handle_base<U>& o) const noexcept { return s_ == o.s_; }
 
     chan_state<T>* state() const noexcept { return s_.get(); }
+    const state_ptr<T>& shared_state() const noexcept { return s_; }
 
 protected:
     handle_base() = default;
@@ -139,6 +140,19 @@ public:
         steady_time deadline = to_steady(t);
         return st("send_until").send(v, &deadline, nullptr);
     }
+
+    // Asynchronous sends, as Asio operations completing with (error_code):
+    // empty, csp::errc::closed, or asio::error::operation_aborted when
+    // cancelled through the handler's cancellation slot. With an rvalue the
+    // operation owns the value; with an lvalue it moves from the caller's
+    // object only on success, and the caller keeps the object alive until
+    // the completion (as with an Asio buffer). Defined in <channels/async.hpp>.
+    template <class Token>
+    auto async_send(T&& v, Token&& token) const;
+    template <class Token>
+    auto async_send(T& v, Token&& token) const;
+    template <class Token>
+    auto async_send(const T& v, Token&& token) const requires std::copy_constructible<T>;
 
     // Ends the stream: receivers drain what was sent, then see closed;
     // blocked and later senders fail. Throws closed_error if already closed.
@@ -206,6 +220,13 @@ public:
         steady_time deadline = to_steady(t);
         return st("recv_until").recv(&deadline, nullptr);
     }
+
+    // An asynchronous receive, as an Asio operation completing with
+    // (error_code, std::optional<T>): the value, or nullopt once the channel
+    // is closed and drained; operation_aborted when cancelled (then nothing
+    // was taken). Defined in <channels/async.hpp>.
+    template <class Token>
+    auto async_recv(Token&& token) const;
 
     // Range-for receives until the channel is closed and drained. The
     // iteration is consumed by whoever ranges over the channel.

@@ -41,65 +41,85 @@ private:
     int n_;
 };
 
+// What a select is made of, found once before its first pass.
+struct select_plan {
+    int fallback = -1, timeout = -1, stop = -1;  // case indices, -1 when absent
+    int polled = 0;                              // order[0..polled): cases tried in pass 1
+    int nlocks = 0;                              // locks[0..nlocks): sorted, unique
+
+    // Classifies cs[0..n); `locks` and `order` are scratch arrays of n entries.
+    select_plan(case_base* const* cs, int n, chan_base** locks, int* order) {
+        if (n == 0) throw error("csp: select with no cases");
+        for (int i = 0; i < n; ++i) {
+            switch (cs[i]->kind) {
+                case case_kind::fallback:
+                    if (fallback >= 0) throw error("csp: select with more than one default case");
+                    fallback = i;
+                    break;
+                case case_kind::timeout:
+                    if (timeout < 0 || cs[i]->deadline < cs[timeout]->deadline) timeout = i;
+                    break;
+                case case_kind::stop:
+                    if (stop >= 0) throw error("csp: select with more than one stop case");
+                    stop = i;
+                    order[polled++] = i;
+                    break;
+                case case_kind::recv:
+                case case_kind::send:
+                    order[polled++] = i;
+                    if (chan_base* c = cs[i]->channel()) locks[nlocks++] = c;
+                    break;
+            }
+        }
+        if (nlocks == 0 && fallback < 0 && timeout < 0 && stop < 0)
+            throw error("csp: select on null channels only, with no default, timeout or stop "
+                        "case, would block forever");
+        std::sort(locks, locks + nlocks, std::less<>{});
+        nlocks = static_cast<int>(std::unique(locks, locks + nlocks) - locks);
+    }
+
+    // A fresh random order of the polled cases, so that each ready case is
+    // equally likely to be found first (Fisher-Yates).
+    void shuffle(int* order) const noexcept {
+        for (int j = polled - 1; j > 0; --j)
+            std::swap(order[j], order[random_below(static_cast<std::uint32_t>(j + 1))]);
+    }
+
+    // Requires every lock in the plan. Pass 1, then the default or an expired
+    // deadline; returns the chosen case or -1, and how it completed.
+    int poll_all(case_base* const* cs, const int* order, wake_list& woken, outcome& how) const {
+        for (int j = 0; j < polled; ++j) {
+            switch (cs[order[j]]->try_now(woken)) {
+                case poll::done: how = outcome::delivered; return order[j];
+                case poll::closed: how = outcome::closed; return order[j];
+                case poll::blocked: break;
+            }
+        }
+        how = outcome::delivered;
+        if (fallback >= 0) return fallback;
+        if (timeout >= 0 && std::chrono::steady_clock::now() >= cs[timeout]->deadline) return timeout;
+        return -1;
+    }
+};
+
 // Runs a select over cs[0..n). `locks` and `order` are scratch arrays of n
 // entries. Returns the index of the case whose handler ran.
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order) {
-    if (n == 0) throw error("csp: select with no cases");
-    int fallback = -1, timeout = -1, stop = -1;
-    int polled = 0, nlocks = 0;
-    for (int i = 0; i < n; ++i) {
-        switch (cs[i]->kind) {
-            case case_kind::fallback:
-                if (fallback >= 0) throw error("csp: select with more than one default case");
-                fallback = i;
-                break;
-            case case_kind::timeout:
-                if (timeout < 0 || cs[i]->deadline < cs[timeout]->deadline) timeout = i;
-                break;
-            case case_kind::stop:
-                if (stop >= 0) throw error("csp: select with more than one stop case");
-                stop = i;
-                order[polled++] = i;
-                break;
-            case case_kind::recv:
-            case case_kind::send:
-                order[polled++] = i;
-                if (chan_base* c = cs[i]->channel()) locks[nlocks++] = c;
-                break;
-        }
-    }
-    if (nlocks == 0 && fallback < 0 && timeout < 0 && stop < 0)
-        throw error("csp: select on null channels only, with no default, timeout or stop "
-                    "case, would block forever");
-    std::sort(locks, locks + nlocks, std::less<>{});
-    nlocks = static_cast<int>(std::unique(locks, locks + nlocks) - locks);
-
+    const select_plan plan(cs, n, locks, order);
+    const int polled = plan.polled, nlocks = plan.nlocks, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &cs[timeout]->deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &cs[stop]->stop : nullptr;
 
     for (;;) {
-        for (int j = polled - 1; j > 0; --j)  // Fisher-Yates
-            std::swap(order[j], order[random_below(static_cast<std::uint32_t>(j + 1))]);
-
+        plan.shuffle(order);
         thread_waiter w;
-        int chosen = -1;
-        outcome how = outcome::delivered;
+        int chosen;
+        outcome how;
         {
             wake_list woken;  // destroyed after `held`: wakes run unlocked
             lock_set held(locks, nlocks);
-            // pass 1
-            for (int j = 0; j < polled && chosen < 0; ++j) {
-                switch (cs[order[j]]->try_now(woken)) {
-                    case poll::done: chosen = order[j]; break;
-                    case poll::closed: chosen = order[j]; how = outcome::closed; break;
-                    case poll::blocked: break;
-                }
-            }
-            if (chosen < 0 && fallback >= 0) chosen = fallback;
-            if (chosen < 0 && deadline && std::chrono::steady_clock::now() >= *deadline)
-                chosen = timeout;
-            // pass 2
-            if (chosen < 0)
+            chosen = plan.poll_all(cs, order, woken, how);  // pass 1
+            if (chosen < 0)                                 // pass 2
                 for (int j = 0; j < polled; ++j) cs[order[j]]->enqueue(w, order[j]);
         }
         if (chosen >= 0) {

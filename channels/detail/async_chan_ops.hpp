@@ -1,0 +1,144 @@
+// csp::detail::async_send_op / async_recv_op — one asynchronous send or
+// receive on one channel, built on the waiter protocol of async_op.hpp.
+//
+// An operation is allocated (from the recycling cache) when it starts. It
+// first tries to complete under the channel's lock, exactly as the blocking
+// face does; if it cannot, it registers its node and waits to be claimed.
+// Either way its completion is posted, never run inline.
+#pragma once
+
+#include <mutex>
+#include <optional>
+#include <system_error>
+
+#include "../error_code.hpp"
+#include "async_op.hpp"
+#include "chan_state.hpp"
+
+namespace csp::detail {
+
+// Runs Op::complete on the handler's executor.
+template <class Op>
+struct run_completion {
+    Op* op;
+    void operator()() { op->complete(); }
+};
+
+// What a receive or a send does under the lock; Kind supplies it.
+template <class T, class Handler, class Kind>
+class async_chan_op final : public async_waiter<Handler>, Kind {
+    using base = async_waiter<Handler>;
+    using memory = op_memory<async_chan_op, Handler>;
+    friend memory;
+
+public:
+    template <class... KindArgs>
+    async_chan_op(Handler&& h, std::shared_ptr<chan_state<T>> ch, KindArgs&&... args)
+        : base(std::move(h)), Kind(std::forward<KindArgs>(args)...), ch_(std::move(ch)) {
+        node_.owner = this;
+        node_.slot = this->slot();
+    }
+
+    static void start(Handler&& h, std::shared_ptr<chan_state<T>> ch, auto&&... kind_args) {
+        async_chan_op* op =
+            memory::create(h, std::move(h), std::move(ch), std::forward<decltype(kind_args)>(kind_args)...);
+        try {
+            op->attempt();
+        } catch (...) {
+            memory::release(op);  // a move threw at initiation: nothing was queued
+            throw;
+        }
+    }
+
+    void wake() noexcept override { this->post(run_completion<async_chan_op>{this}); }
+
+    void complete() {
+        this->disconnect_cancellation();
+        const int claimed = this->claimed_case();
+        if (claimed == waiter::kCancelled) {
+            std::lock_guard g(*ch_);
+            Kind::dequeue(*ch_, node_);
+        } else if (this->result == outcome::retry) {
+            this->state.store(waiter::kWaiting, std::memory_order_relaxed);
+            attempt();  // the peer's value failed to move into us: wait for the next one
+            return;
+        }
+        auto args = Kind::results(claimed, this->result);
+        Handler h = memory::release(this);
+        std::apply(std::move(h), std::move(args));
+    }
+
+private:
+    // Completes now (posting the completion) or registers the node.
+    void attempt() {
+        {
+            wake_list woken;
+            std::lock_guard g(*ch_);
+            poll p = Kind::try_now(*ch_, woken);
+            if (p == poll::blocked) {
+                this->connect_cancellation();
+                this->note_parked();
+                Kind::enqueue(*ch_, node_);
+                return;
+            }
+            this->state.store(0, std::memory_order_relaxed);  // claimed by ourselves
+            this->result = p == poll::done ? outcome::delivered : outcome::closed;
+        }
+        wake();
+    }
+
+    std::shared_ptr<chan_state<T>> ch_;  // keeps the channel alive while we wait on it
+    wait_node node_;
+};
+
+// A receive: completes with (error_code, optional<T>); nullopt means closed.
+template <class T>
+class recv_kind {
+protected:
+    void* slot() noexcept { return &value_; }
+    poll try_now(chan_state<T>& ch, wake_list& woken) { return ch.recv_locked(value_, woken); }
+    static void enqueue(chan_state<T>& ch, wait_node& n) noexcept { ch.enqueue_recv_locked(n); }
+    static void dequeue(chan_state<T>& ch, wait_node& n) noexcept { ch.dequeue_recv_locked(n); }
+    std::tuple<std::error_code, std::optional<T>> results(int claimed, outcome how) {
+        if (claimed == waiter::kCancelled) return {asio::error::operation_aborted, std::nullopt};
+        if (how == outcome::delivered) return {std::error_code(), std::move(value_)};
+        return {std::error_code(), std::nullopt};
+    }
+
+private:
+    std::optional<T> value_;
+};
+
+// A send of a value the operation owns (given as an rvalue: on failure it is
+// destroyed with the operation) or of the caller's object (moved from only on
+// success; the caller keeps it alive until the completion, as with an Asio
+// buffer). Completes with (error_code): errc::closed, operation_aborted.
+template <class T, bool Owned>
+class send_kind {
+protected:
+    using stored = std::conditional_t<Owned, T, T*>;
+    explicit send_kind(stored v) : v_(std::move(v)) {}
+    void* slot() noexcept { return &value(); }
+    poll try_now(chan_state<T>& ch, wake_list& woken) { return ch.send_locked(value(), woken); }
+    static void enqueue(chan_state<T>& ch, wait_node& n) noexcept { ch.enqueue_send_locked(n); }
+    static void dequeue(chan_state<T>& ch, wait_node& n) noexcept { ch.dequeue_send_locked(n); }
+    static std::tuple<std::error_code> results(int claimed, outcome how) {
+        if (claimed == waiter::kCancelled) return {asio::error::operation_aborted};
+        switch (how) {
+            case outcome::delivered: return {std::error_code()};
+            case outcome::closed: return {make_error_code(errc::closed)};
+            case outcome::failed: return {make_error_code(errc::move_failed)};
+            case outcome::retry: break;
+        }
+        return {std::error_code()};
+    }
+
+private:
+    T& value() noexcept {
+        if constexpr (Owned) return v_;
+        else return *v_;
+    }
+    stored v_;
+};
+
+}  // namespace csp::detail

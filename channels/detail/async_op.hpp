@@ -1,0 +1,166 @@
+// csp::detail::async_op — the waiter of an asynchronous operation.
+//
+// The same waiter protocol as a parked thread (waiter.hpp), with another way
+// to wake: wake() posts the operation's completion to the executor
+// associated with its handler, and the completion, running there, takes the
+// operation's nodes back where needed, frees the operation and only then
+// invokes the handler (so the memory is back in Asio's per-thread recycling
+// cache before the handler starts the next operation).
+//
+// Lifetime: the operation is allocated with the handler's associated
+// allocator (Asio's recycling allocator by default) when it has to wait,
+// and freed by its completion. Until then every queue that holds one of its
+// nodes and every party that may claim it (peers under a channel lock, a
+// cancellation handler, a timer, a stop callback) can reach it; wake() is the
+// claimer's last access. The completion is never invoked inline: it always
+// goes through the executor with blocking.never, so a ping-pong between two
+// coroutines cannot grow the stack.
+//
+// Cancellation (Asio per-operation cancellation slots): the cancellation
+// handler claims the operation for `kCancelled` with the same CAS as a peer.
+// If the peer won, the value was delivered and the cancellation is a no-op;
+// otherwise the operation took nothing and gave nothing. The slot is cleared
+// in the completion, on the handler's executor, before the handler runs.
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/associated_allocator.hpp>
+#include <asio/associated_cancellation_slot.hpp>
+#include <asio/associated_executor.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/error.hpp>
+#include <asio/execution.hpp>
+#include <asio/prefer.hpp>
+#include <asio/recycling_allocator.hpp>
+#include <asio/require.hpp>
+#include <asio/system_executor.hpp>
+
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+#include "waiter.hpp"
+
+namespace csp::detail {
+
+// A runtime sets these on its worker threads to learn how many of its
+// operations wait (its deadlock detector needs that).
+class park_hooks {
+public:
+    virtual void parked() noexcept = 0;
+    virtual void unparked() noexcept = 0;
+
+protected:
+    ~park_hooks() = default;
+};
+
+inline park_hooks*& current_park_hooks() noexcept {
+    thread_local park_hooks* hooks = nullptr;
+    return hooks;
+}
+
+// Where and how a handler's completion runs. A handler with no associated
+// executor completes on asio::system_executor.
+template <class Handler>
+struct completion_traits {
+    using executor = asio::associated_executor_t<Handler, asio::system_executor>;
+    using work = std::decay_t<
+        typename asio::prefer_result<executor, asio::execution::outstanding_work_t::tracked_t>::type>;
+    using allocator = asio::associated_allocator_t<Handler, asio::recycling_allocator<void>>;
+
+    static work track(const Handler& h) {
+        return asio::prefer(asio::get_associated_executor(h, asio::system_executor()),
+                            asio::execution::outstanding_work.tracked);
+    }
+
+    // Runs f on the handler's executor, never inline.
+    template <class F>
+    static void post(const work& ex, const Handler& h, F&& f) {
+        asio::execution::execute(
+            asio::prefer(asio::require(ex, asio::execution::blocking.never),
+                         asio::execution::allocator(asio::get_associated_allocator(h))),
+            std::forward<F>(f));
+    }
+};
+
+// Base of the operations: the handler, its executor (work tracked until the
+// completion ran), and the hooks of the runtime it parked in.
+template <class Handler>
+class async_waiter : public waiter {
+protected:
+    using traits = completion_traits<Handler>;
+
+    explicit async_waiter(Handler&& h)
+        : handler_(std::move(h)), work_(traits::track(handler_)) {}
+    ~async_waiter() = default;
+
+    // Counts this operation as parked in the current runtime, if any.
+    void note_parked() noexcept {
+        hooks_ = current_park_hooks();
+        if (hooks_) hooks_->parked();
+    }
+
+    // Installs the cancellation handler, if the handler has a slot. Called
+    // before the operation is published on any queue.
+    void connect_cancellation() {
+        slot_ = asio::get_associated_cancellation_slot(handler_);
+        if (slot_.is_connected()) slot_.template emplace<cancel_claim>(this);
+    }
+    void disconnect_cancellation() noexcept {
+        if (slot_.is_connected()) slot_.clear();
+    }
+
+    template <class F>
+    void post(F&& f) noexcept {
+        if (hooks_) hooks_->unparked();
+        traits::post(work_, handler_, std::forward<F>(f));
+    }
+
+    Handler handler_;
+    typename traits::work work_;
+
+private:
+    struct cancel_claim {
+        explicit cancel_claim(waiter* w) noexcept : w_(w) {}
+        void operator()(asio::cancellation_type_t) const noexcept {
+            // Any cancellation type is honoured: a cancelled operation has no
+            // effect at all, which is what even `total` asks for.
+            if (w_->try_claim(waiter::kCancelled)) w_->wake();
+        }
+        waiter* w_;
+    };
+
+    asio::cancellation_slot slot_;
+    park_hooks* hooks_ = nullptr;
+};
+
+// Allocates and frees Op with the allocator associated with its handler.
+template <class Op, class Handler>
+struct op_memory {
+    using alloc = typename std::allocator_traits<
+        typename completion_traits<Handler>::allocator>::template rebind_alloc<Op>;
+
+    template <class... Args>
+    static Op* create(Handler& h, Args&&... args) {
+        alloc a(asio::get_associated_allocator(h, asio::recycling_allocator<void>()));
+        Op* p = std::allocator_traits<alloc>::allocate(a, 1);
+        try {
+            std::allocator_traits<alloc>::construct(a, p, std::forward<Args>(args)...);
+        } catch (...) {
+            std::allocator_traits<alloc>::deallocate(a, p, 1);
+            throw;
+        }
+        return p;
+    }
+
+    // Moves the handler out, frees op, and returns the handler.
+    static Handler release(Op* op) noexcept {
+        Handler h(std::move(op->handler_));
+        alloc a(asio::get_associated_allocator(h, asio::recycling_allocator<void>()));
+        std::allocator_traits<alloc>::destroy(a, op);
+        std::allocator_traits<alloc>::deallocate(a, op, 1);
+        return h;
+    }
+};
+
+}  // namespace csp::detail

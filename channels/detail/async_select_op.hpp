@@ -1,0 +1,224 @@
+// csp::detail::async_select_op — a native asynchronous select: one waiter
+// registered on every channel of its cases, claimed once, like the blocking
+// select (select_engine.hpp has the passes). Not Asio's `||`, which runs each
+// branch as its own operation and can drop a value that a losing branch had
+// already received.
+//
+// Completion signature: void(std::exception_ptr, std::size_t). The index is
+// the case whose handler ran. The exception is that handler's, or
+// closed_error for a send case chosen on a closed channel, or a
+// std::system_error(operation_aborted) when the select was cancelled through
+// its cancellation slot (then no case ran and nothing was taken).
+//
+// A timeout case arms an asio::steady_timer on the handler's executor; the
+// timer's handler claims the select for the timeout case. The timer holds a
+// reference on the operation, so the memory lives until both the completion
+// and the timer's handler have run; a stop case registers a
+// std::stop_callback, whose destructor (in the completion) waits for a
+// callback that is running.
+#pragma once
+
+#include <asio/steady_timer.hpp>
+
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+#include <tuple>
+#include <vector>
+
+#include "async_op.hpp"
+#include "select_engine.hpp"
+
+namespace csp::detail {
+
+// The cases of a select given as arguments: the operation owns them.
+template <class... Cases>
+class owned_cases {
+public:
+    explicit owned_cases(Cases&&... cs) : cases_(std::move(cs)...) { point(); }
+    owned_cases(owned_cases&& o) : cases_(std::move(o.cases_)) { point(); }
+    case_base* const* cases() const noexcept { return ptrs_.data(); }
+    static constexpr int size() noexcept { return static_cast<int>(sizeof...(Cases)); }
+    chan_base** locks() noexcept { return locks_.data(); }
+    int* order() noexcept { return order_.data(); }
+
+private:
+    void point() noexcept {
+        std::apply([this](auto&... c) { ptrs_ = {static_cast<case_base*>(&c)...}; }, cases_);
+    }
+    std::tuple<Cases...> cases_;
+    std::array<case_base*, sizeof...(Cases)> ptrs_;
+    std::array<chan_base*, sizeof...(Cases)> locks_;
+    std::array<int, sizeof...(Cases)> order_;
+};
+
+// The cases of a select over a range: the caller owns them and keeps them
+// alive until the completion.
+class borrowed_cases {
+public:
+    explicit borrowed_cases(std::vector<case_base*> cs)
+        : ptrs_(std::move(cs)), locks_(ptrs_.size()), order_(ptrs_.size()) {}
+    case_base* const* cases() const noexcept { return ptrs_.data(); }
+    int size() const noexcept { return static_cast<int>(ptrs_.size()); }
+    chan_base** locks() noexcept { return locks_.data(); }
+    int* order() noexcept { return order_.data(); }
+
+private:
+    std::vector<case_base*> ptrs_;
+    std::vector<chan_base*> locks_;
+    std::vector<int> order_;
+};
+
+template <class Handler, class Storage>
+class async_select_op final : public async_waiter<Handler> {
+    using alloc = typename std::allocator_traits<
+        typename completion_traits<Handler>::allocator>::template rebind_alloc<async_select_op>;
+
+public:
+    async_select_op(Handler&& h, Storage&& cases, const alloc& a)
+        : async_waiter<Handler>(std::move(h)),
+          alloc_(a),
+          cases_(std::move(cases)),
+          plan_(cases_.cases(), cases_.size(), cases_.locks(), cases_.order()) {}
+
+    static void start(Handler&& h, Storage&& cases) {
+        alloc a(asio::get_associated_allocator(h, asio::recycling_allocator<void>()));
+        async_select_op* op = std::allocator_traits<alloc>::allocate(a, 1);
+        try {
+            std::allocator_traits<alloc>::construct(a, op, std::move(h), std::move(cases), a);
+        } catch (...) {
+            std::allocator_traits<alloc>::deallocate(a, op, 1);
+            throw;
+        }
+        try {
+            op->attempt();
+        } catch (...) {
+            op->drop_ref();
+            throw;
+        }
+    }
+
+    void wake() noexcept override { this->post(run_completion<async_select_op>{this}); }
+
+    void complete() {
+        this->disconnect_cancellation();
+        const int c = this->claimed_case();
+        if (registered_) {  // pass 3
+            lock_set held(cases_.locks(), plan_.nlocks);
+            for (int j = 0; j < plan_.polled; ++j) cases_.cases()[cases_.order()[j]]->dequeue();
+            registered_ = false;
+        }
+        if (c >= 0 && c != plan_.timeout && c != plan_.stop && this->result == outcome::retry) {
+            this->state.store(waiter::kWaiting, std::memory_order_relaxed);
+            attempt();  // a sender's value failed to move into us: select again
+            return;
+        }
+        disarm();
+
+        std::exception_ptr error;
+        if (c == waiter::kCancelled) {
+            error = std::make_exception_ptr(
+                std::system_error(asio::error::operation_aborted, "csp: select cancelled"));
+        } else if (this->result == outcome::failed) {
+            error = this->error;
+        } else {
+            try {
+                cases_.cases()[c]->run(c == plan_.timeout || c == plan_.stop ? outcome::delivered
+                                                                            : this->result);
+            } catch (...) {
+                error = std::current_exception();
+            }
+        }
+        Handler h(std::move(this->handler_));
+        drop_ref();
+        std::move(h)(error, static_cast<std::size_t>(c < 0 ? 0 : c));
+    }
+
+private:
+    struct timer_fired {
+        async_select_op* op;
+        void operator()(const std::error_code& ec) const {
+            if (!ec && op->try_claim(op->plan_.timeout)) op->wake();
+            op->drop_ref();
+        }
+    };
+    struct stop_requested {
+        async_select_op* op;
+        void operator()() const noexcept {
+            if (op->try_claim(op->plan_.stop)) op->wake();
+        }
+    };
+
+    // Pass 1, then either a posted completion or pass 2 (registration).
+    // Once a node is published, or the timer or stop callback is armed, the
+    // completion may run on another thread before this returns: the
+    // reference taken here keeps the memory alive until then, and arm_mu_
+    // keeps the completion off timer_ and stop_callback_ while they are armed.
+    void attempt() {
+        refs_.fetch_add(1, std::memory_order_relaxed);
+        struct unref {
+            async_select_op* op;
+            ~unref() { op->drop_ref(); }
+        } keep{this};
+        plan_.shuffle(cases_.order());
+        int chosen;
+        outcome how;
+        {
+            wake_list woken;
+            lock_set held(cases_.locks(), plan_.nlocks);
+            chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);
+            if (chosen < 0) {  // pass 2
+                registered_ = true;
+                this->connect_cancellation();
+                this->note_parked();
+                for (int j = 0; j < plan_.polled; ++j)
+                    cases_.cases()[cases_.order()[j]]->enqueue(*this, cases_.order()[j]);
+                arm();
+            } else {
+                this->state.store(chosen, std::memory_order_relaxed);
+                this->result = how;
+            }
+        }
+        if (chosen >= 0) wake();
+    }
+
+    void arm() {
+        std::lock_guard g(arm_mu_);
+        if (plan_.timeout >= 0 && !timer_) {
+            refs_.fetch_add(1, std::memory_order_relaxed);  // dropped by timer_fired
+            timer_.emplace(asio::any_io_executor(asio::get_associated_executor(
+                               this->handler_, asio::system_executor())),
+                           cases_.cases()[plan_.timeout]->deadline);
+            timer_->async_wait(timer_fired{this});
+        }
+        if (plan_.stop >= 0 && !stop_callback_)
+            stop_callback_.emplace(cases_.cases()[plan_.stop]->stop, stop_requested{this});
+    }
+
+    void disarm() noexcept {
+        std::lock_guard g(arm_mu_);
+        stop_callback_.reset();  // waits for a stop callback that is running
+        if (timer_) timer_->cancel();  // its handler still runs, and drops its reference
+    }
+
+    void drop_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+        alloc a(alloc_);
+        std::allocator_traits<alloc>::destroy(a, this);
+        std::allocator_traits<alloc>::deallocate(a, this, 1);
+    }
+
+    alloc alloc_;
+    Storage cases_;
+    select_plan plan_;
+    bool registered_ = false;  // nodes are on queues (pass 2 ran, pass 3 not yet)
+    std::atomic<int> refs_{1};  // the completion's, attempt()'s while it runs, the timer's
+    std::mutex arm_mu_;         // guards timer_ and stop_callback_
+    std::optional<asio::steady_timer> timer_;
+    std::optional<std::stop_callback<stop_requested>> stop_callback_;
+};
+
+}  // namespace csp::detail
