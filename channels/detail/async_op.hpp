@@ -39,25 +39,10 @@
 #include <type_traits>
 #include <utility>
 
+#include "park_hooks.hpp"
 #include "waiter.hpp"
 
 namespace csp::detail {
-
-// A runtime sets these on its worker threads to learn how many of its
-// operations wait (its deadlock detector needs that).
-class park_hooks {
-public:
-    virtual void parked() noexcept = 0;
-    virtual void unparked() noexcept = 0;
-
-protected:
-    ~park_hooks() = default;
-};
-
-inline park_hooks*& current_park_hooks() noexcept {
-    thread_local park_hooks* hooks = nullptr;
-    return hooks;
-}
 
 // Where and how a handler's completion runs. A handler with no associated
 // executor completes on asio::system_executor.
@@ -94,9 +79,10 @@ protected:
         : handler_(std::move(h)), work_(traits::track(handler_)) {}
     ~async_waiter() = default;
 
-    // Counts this operation as parked in the current runtime, if any.
-    void note_parked() noexcept {
-        hooks_ = current_park_hooks();
+    // Counts this operation as parked in the current runtime, if any, when
+    // only a peer can complete it (no timeout, no stop case).
+    void note_parked(bool only_a_peer_can_wake = true) noexcept {
+        hooks_ = only_a_peer_can_wake ? current_park_hooks() : nullptr;
         if (hooks_) hooks_->parked();
     }
 

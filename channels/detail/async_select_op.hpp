@@ -173,7 +173,7 @@ private:
             if (chosen < 0) {  // pass 2
                 registered_ = true;
                 this->connect_cancellation();
-                this->note_parked();
+                this->note_parked(plan_.timeout < 0 && plan_.stop < 0);
                 for (int j = 0; j < plan_.polled; ++j)
                     cases_.cases()[cases_.order()[j]]->enqueue(*this, cases_.order()[j]);
                 arm();

@@ -6,6 +6,7 @@
 #include <optional>
 #include <stop_token>
 
+#include "park_hooks.hpp"
 #include "waiter.hpp"
 
 namespace csp::detail {
@@ -34,7 +35,13 @@ inline int wait_claimed(thread_waiter& w, const steady_time* deadline, int timeo
     if (deadline && !w.park().park_until(*deadline)) {
         if (w.try_claim(timeout_case)) return timeout_case;
     }
+    // On a runtime's thread, a wait that only a peer can end counts for the
+    // runtime's deadlock detector.
+    park_hooks* hooks = deadline || on_stop ? nullptr : current_park_hooks();
+    if (hooks && !w.park().notified()) hooks->parked();
+    else hooks = nullptr;
     w.park().park();
+    if (hooks) hooks->unparked();
     return w.claimed_case();
 }
 

@@ -1,0 +1,127 @@
+// csp::detail::task_scope — the live tasks of a runtime's root or of one
+// task_group, so that they can be waited for and cancelled together.
+//
+// A task_record lives as long as its task (the task's completion holds the
+// last reference) and, while the task runs, is linked into its scope's list.
+// Cancelling a scope requests its stop_source (plain tasks and stop tokens
+// hear that) and posts, to the worker of each coroutine task, an emit of
+// asio::cancellation_type::terminal on the task's cancellation signal: the
+// channel operation the task is parked in completes with operation_aborted
+// and takes nothing. The emit runs on the task's own single-threaded worker,
+// as Asio requires, and is skipped once the task is done.
+#pragma once
+
+#include <asio/cancellation_signal.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <system_error>
+
+namespace csp::detail {
+
+class task_scope;
+
+struct task_record : std::enable_shared_from_this<task_record> {
+    asio::cancellation_signal signal;  // coroutine tasks; used on `worker` only
+    asio::io_context* worker = nullptr;  // null for a plain task
+    bool done = false;                   // set on `worker` by the task's completion
+    task_scope* scope = nullptr;
+    task_record* prev = nullptr;  // guarded by scope->mu_
+    task_record* next = nullptr;  // guarded by scope->mu_
+};
+
+// True for the exception a task ends with when its parked operation was
+// cancelled: after a cancellation that is an expected ending, not an error.
+inline bool is_cancellation(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::system_error& s) {
+        return s.code() == std::errc::operation_canceled ||
+               s.code() == asio::error::operation_aborted;
+    } catch (...) {
+        return false;
+    }
+}
+
+class task_scope {
+public:
+    explicit task_scope(bool cancel_on_error) : cancel_on_error_(cancel_on_error) {}
+    task_scope(const task_scope&) = delete;
+    task_scope& operator=(const task_scope&) = delete;
+
+    std::stop_token stop_token() const noexcept { return stop_.get_token(); }
+
+    void add(task_record& r) {
+        std::lock_guard g(mu_);
+        r.scope = this;
+        r.prev = nullptr;
+        r.next = head_;
+        if (head_) head_->prev = &r;
+        head_ = &r;
+        ++live_;
+    }
+
+    // Called once per task when it has ended, with what it threw (or null).
+    void finish(task_record& r, std::exception_ptr e) {
+        std::lock_guard g(mu_);
+        if (r.prev) r.prev->next = r.next;
+        else head_ = r.next;
+        if (r.next) r.next->prev = r.prev;
+        if (e && !(cancelled_ && is_cancellation(e))) {
+            if (!first_error_) first_error_ = e;
+            if (cancel_on_error_) cancel_locked();
+        }
+        if (--live_ == 0) idle_.notify_all();
+    }
+
+    void cancel() {
+        std::lock_guard g(mu_);
+        cancel_locked();
+    }
+
+    // Blocks until no task of the scope is live.
+    void wait_idle() {
+        std::unique_lock l(mu_);
+        idle_.wait(l, [&] { return live_ == 0; });
+    }
+
+    std::size_t live() {
+        std::lock_guard g(mu_);
+        return live_;
+    }
+
+    // The first error, handed out once.
+    std::exception_ptr take_error() {
+        std::lock_guard g(mu_);
+        return std::exchange(first_error_, nullptr);
+    }
+
+private:
+    void cancel_locked() {
+        cancelled_ = true;
+        stop_.request_stop();
+        for (task_record* r = head_; r; r = r->next) {
+            if (!r->worker) continue;
+            asio::post(*r->worker, [keep = r->shared_from_this()] {
+                if (!keep->done) keep->signal.emit(asio::cancellation_type::terminal);
+            });
+        }
+    }
+
+    const bool cancel_on_error_;
+    std::mutex mu_;
+    std::condition_variable idle_;
+    task_record* head_ = nullptr;         // guarded by mu_
+    std::size_t live_ = 0;                // guarded by mu_
+    bool cancelled_ = false;              // guarded by mu_
+    std::exception_ptr first_error_;      // guarded by mu_
+    std::stop_source stop_;
+};
+
+}  // namespace csp::detail

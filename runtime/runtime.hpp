@@ -1,0 +1,239 @@
+// csp::runtime — tasks on a small pool of threads, on Asio.
+//
+//   csp::runtime rt;                       // one worker per core
+//   rt.go([&]() -> asio::awaitable<void> { // a coroutine task: channel operations suspend it
+//       while (auto v = co_await in.async_recv(asio::use_awaitable))
+//           co_await out.async_send(f(*v), asio::use_awaitable);
+//       out.close();
+//   });
+//   rt.go([&] { blocking_work(); });       // a plain task: runs on a thread of its own
+//   rt.wait();                             // all tasks done; rethrows the first exception
+//
+// Workers. Each worker is a single-threaded asio::io_context run by one
+// thread; a coroutine task stays on the worker it was given (round-robin)
+// for its whole life, so its resumptions, its completions and the
+// cancellations aimed at it are serialised without a strand. A task parked
+// in a channel operation holds no thread: 100 000 of them cost only their
+// coroutine frames.
+//
+// Tasks. go() takes a coroutine (asio::awaitable<void>, or a callable
+// returning one) or a plain callable. A callable may take a std::stop_token
+// as its only parameter; it is stopped when its group (or the runtime) is
+// cancelled. Plain callables run on a separate elastic pool of threads
+// (blocking_pool.hpp), never on a coroutine worker: a plain task may block
+// in a channel operation without stalling coroutines, and a plain task
+// never waits for a thread behind blocked ones, so plain tasks that wait for
+// each other cannot deadlock the runtime.
+//
+// Errors. An exception escaping a task is kept; wait() rethrows the first
+// one. One that nobody collected is printed to stderr when the runtime is
+// destroyed: never swallowed silently.
+//
+// Deadlock. wait() throws csp::deadlock_error ("all tasks are asleep") when
+// every live task has been parked in a channel operation that has neither a
+// timeout nor a stop case, no timer of the runtime is pending, and nothing
+// moved for several checks in a row. It assumes that threads outside the
+// runtime no longer feed its tasks while someone waits on it.
+//
+// Destruction cancels what is still running: it emits terminal cancellation
+// on every coroutine task (a parked channel operation completes with
+// operation_aborted and takes nothing), requests stop on every stop token,
+// waits for every task to end, then joins its threads. A plain task must
+// return for that: one blocked forever without a stop token blocks the
+// destructor (it cannot be interrupted from outside).
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+
+#include <atomic>
+#include <concepts>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <channels/async.hpp>
+
+#include "detail/blocking_pool.hpp"
+#include "detail/task_scope.hpp"
+
+namespace csp {
+
+class task_group;
+namespace detail {
+struct timer_access;
+}
+
+// Raised by runtime::wait() when no task can ever make progress again.
+class deadlock_error : public error {
+public:
+    using error::error;
+};
+
+namespace detail {
+template <class F>
+concept takes_stop_token = std::invocable<F, std::stop_token>;
+
+template <class F>
+decltype(auto) invoke_task(F& f, const std::stop_token& st) {
+    if constexpr (takes_stop_token<F>) return f(st);
+    else return f();
+}
+
+template <class F>
+using task_result_t = decltype(invoke_task(std::declval<F&>(), std::declval<const std::stop_token&>()));
+
+template <class T>
+inline constexpr bool is_awaitable_v = false;
+template <class T, class E>
+inline constexpr bool is_awaitable_v<asio::awaitable<T, E>> = true;
+}  // namespace detail
+
+class runtime {
+public:
+    // `workers` coroutine workers; 0 means one per core.
+    explicit runtime(unsigned workers = 0);
+    runtime(const runtime&) = delete;
+    runtime& operator=(const runtime&) = delete;
+    ~runtime();
+
+    // The process-wide runtime, created on first use and destroyed at exit.
+    static runtime& default_runtime();
+
+    // Starts a task. F is an asio::awaitable<void>, a callable returning
+    // one, or a plain callable (see the top of this file).
+    template <class F>
+    void go(F&& f) {
+        spawn(root_, std::forward<F>(f));
+    }
+
+    // Blocks until every task has ended; rethrows the first exception a task
+    // of the root (not of a task_group) ended with. Throws deadlock_error
+    // when no task can make progress. Call it from outside the runtime.
+    void wait();
+
+    // The executor of the next worker (round-robin): where to co_spawn your
+    // own Asio work, or to build timers and sockets that live on the runtime.
+    asio::any_io_executor executor();
+
+    unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+    std::size_t live_tasks() const noexcept { return live_.load(std::memory_order_acquire); }
+    // Threads of the plain-task pool (started so far and not yet retired).
+    std::size_t blocking_threads() { return blocking_.threads(); }
+
+private:
+    friend class task_group;
+    friend struct detail::timer_access;
+
+    class hooks final : public detail::park_hooks {
+    public:
+        explicit hooks(runtime& rt) : rt_(rt) {}
+        void parked() noexcept override;
+        void unparked() noexcept override;
+
+    private:
+        runtime& rt_;
+    };
+
+    struct worker {
+        asio::io_context ctx{1};
+        asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
+        std::thread thread;
+    };
+
+    template <class F>
+    void spawn(detail::task_scope& scope, F&& f) {
+        using fn = std::decay_t<F>;
+        if (closing_.load(std::memory_order_acquire))
+            throw error("csp: go() on a runtime that is shutting down");
+        auto record = std::make_shared<detail::task_record>();
+        if constexpr (detail::is_awaitable_v<fn>) {
+            start_coroutine(scope, std::move(record),
+                            [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
+                                return std::move(*a);
+                            });
+        } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {
+            start_coroutine(scope, std::move(record), fn(std::forward<F>(f)));
+        } else {
+            start_plain(scope, std::move(record), fn(std::forward<F>(f)));
+        }
+    }
+
+    template <class F>
+    void start_coroutine(detail::task_scope& scope, std::shared_ptr<detail::task_record> record,
+                         F f) {
+        worker& w = next_worker();
+        record->worker = &w.ctx;
+        task_started(scope, *record);
+        detail::task_record& r = *record;
+        asio::co_spawn(
+            w.ctx,
+            [f = std::move(f), st = scope.stop_token()]() mutable {
+                return detail::invoke_task(f, st);
+            },
+            asio::bind_cancellation_slot(
+                r.signal.slot(), [this, record = std::move(record)](std::exception_ptr e) {
+                    record->done = true;
+                    task_ended(*record, e);
+                }));
+    }
+
+    template <class F>
+    void start_plain(detail::task_scope& scope, std::shared_ptr<detail::task_record> record, F f) {
+        task_started(scope, *record);
+        blocking_.submit([this, record = std::move(record), st = scope.stop_token(),
+                          f = std::make_shared<F>(std::move(f))] {
+            std::exception_ptr e;
+            try {
+                detail::invoke_task(*f, st);
+            } catch (...) {
+                e = std::current_exception();
+            }
+            record->done = true;
+            task_ended(*record, e);
+        });
+    }
+
+    worker& next_worker() noexcept {
+        return *workers_[next_.fetch_add(1, std::memory_order_relaxed) % workers_.size()];
+    }
+
+    void task_started(detail::task_scope& scope, detail::task_record& r);
+    void task_ended(detail::task_record& r, std::exception_ptr e);
+    void timer_armed() noexcept;
+    void timer_done() noexcept;
+    void note_activity() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
+    void install_thread_hooks();
+
+    hooks hooks_{*this};
+    detail::task_scope root_{false};
+    std::vector<std::unique_ptr<worker>> workers_;
+    std::atomic<std::size_t> next_{0};
+    detail::blocking_pool blocking_;
+
+    std::atomic<std::size_t> live_{0};         // tasks started and not yet ended
+    std::atomic<std::ptrdiff_t> parked_{0};    // operations parked with no way out but a peer
+    std::atomic<std::ptrdiff_t> timers_{0};    // runtime timers pending
+    std::atomic<std::uint64_t> epoch_{0};      // bumped by every park, wake and task end
+    std::atomic<bool> closing_{false};
+    std::mutex groups_mu_;
+    std::vector<detail::task_scope*> groups_;  // guarded by groups_mu_: cancelled at destruction
+    std::mutex idle_mu_;
+    std::condition_variable idle_;             // notified when live_ drops to 0
+};
+
+// Starts a task on the default runtime.
+template <class F>
+void go(F&& f) {
+    runtime::default_runtime().go(std::forward<F>(f));
+}
+
+}  // namespace csp
