@@ -56,18 +56,6 @@ namespace detail {
 template <class T>
 using state_ptr = std::shared_ptr<chan_state<T>>;
 
-inline steady_time to_steady(std::chrono::steady_clock::time_point t) { return t; }
-template <class Clock, class Dur>
-steady_time to_steady(std::chrono::time_point<Clock, Dur> t) {
-    return std::chrono::steady_clock::now() +
-           std::chrono::ceil<std::chrono::steady_clock::duration>(t - Clock::now());
-}
-template <class Rep, class Period>
-steady_time after_now(std::chrono::duration<Rep, Period> d) {
-    return std::chrono::steady_clock::now() +
-           std::chrono::ceil<std::chrono::steady_clock::duration>(d);
-}
-
 // What every handle has: the shared state, and the questions anyone may ask.
 template <class T>
 class handle_base {

@@ -83,11 +83,12 @@ auto on_default(F f) {
     return detail::plain_case<F>(detail::case_kind::fallback, std::move(f));
 }
 
-// Runs f() if no other case became ready within d of the select's start.
+// Runs f() if no other case became ready within d of the select's start
+// (measured anew each time a reused case takes part in a select).
 template <class Rep, class Period, std::invocable F>
 auto on_timeout(std::chrono::duration<Rep, Period> d, F f) {
     detail::plain_case<F> c(detail::case_kind::timeout, std::move(f));
-    c.deadline = detail::after_now(d);
+    c.relative = detail::saturated(d);
     return c;
 }
 
@@ -141,9 +142,9 @@ template <std::ranges::forward_range R>
 int select(R&& cases) {
     constexpr std::size_t small = 16;
     std::size_t n = static_cast<std::size_t>(std::ranges::distance(cases));
-    std::array<detail::case_base*, small> cs_small;
-    std::array<detail::chan_base*, small> locks_small;
-    std::array<int, small> order_small;
+    std::array<detail::case_base*, small> cs_small{};
+    std::array<detail::chan_base*, small> locks_small{};
+    std::array<int, small> order_small{};
     std::vector<detail::case_base*> cs_big;
     std::vector<detail::chan_base*> locks_big;
     std::vector<int> order_big;

@@ -112,29 +112,32 @@ public:
             registered_ = false;
         }
         if (c >= 0 && c != plan_.timeout && c != plan_.stop && this->result == outcome::retry) {
-            this->state.store(waiter::kWaiting, std::memory_order_relaxed);
-            attempt();  // a sender's value failed to move into us: select again
+            // A sender's value failed to move into us: select again. The state
+            // stays claimed through pass 1, so the armed timer or stop
+            // callback cannot claim us while attempt() completes a case
+            // itself; it goes back to waiting only when pass 2 registers.
+            attempt();
             return;
         }
         disarm();
 
-        std::exception_ptr error;
+        std::exception_ptr failure;
         if (c == waiter::kCancelled) {
-            error = std::make_exception_ptr(
+            failure = std::make_exception_ptr(
                 std::system_error(asio::error::operation_aborted, "csp: select cancelled"));
         } else if (this->result == outcome::failed) {
-            error = this->error;
+            failure = this->error;
         } else {
             try {
                 cases_.cases()[c]->run(c == plan_.timeout || c == plan_.stop ? outcome::delivered
                                                                             : this->result);
             } catch (...) {
-                error = std::current_exception();
+                failure = std::current_exception();
             }
         }
         Handler h(std::move(this->handler_));
         drop_ref();
-        std::move(h)(error, static_cast<std::size_t>(c < 0 ? 0 : c));
+        std::move(h)(failure, static_cast<std::size_t>(c < 0 ? 0 : c));
     }
 
 private:
@@ -171,6 +174,7 @@ private:
             lock_set held(cases_.locks(), plan_.nlocks);
             chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);
             if (chosen < 0) {  // pass 2
+                this->state.store(waiter::kWaiting, std::memory_order_release);
                 registered_ = true;
                 this->connect_cancellation();
                 this->note_parked(plan_.timeout < 0 && plan_.stop < 0);

@@ -37,6 +37,7 @@ public:
 
     const case_kind kind;
     steady_time deadline{};                 // timeout cases only
+    std::optional<std::chrono::steady_clock::duration> relative;  // on_timeout: deadline = select start + this
     std::stop_token stop;                   // stop cases only
 };
 
@@ -122,6 +123,7 @@ public:
     plain_case(case_kind k, F f) : case_base(k), f_(std::move(f)) {}
     plain_case(plain_case&& o) : case_base(o.kind), f_(std::move(o.f_)) {
         deadline = o.deadline;
+        relative = o.relative;
         stop = o.stop;
     }
     poll try_now(wake_list&) override {

@@ -57,6 +57,7 @@ struct select_plan {
                     fallback = i;
                     break;
                 case case_kind::timeout:
+                    if (cs[i]->relative) cs[i]->deadline = after_now(*cs[i]->relative);
                     if (timeout < 0 || cs[i]->deadline < cs[timeout]->deadline) timeout = i;
                     break;
                 case case_kind::stop:
@@ -74,7 +75,12 @@ struct select_plan {
         if (nlocks == 0 && fallback < 0 && timeout < 0 && stop < 0)
             throw error("csp: select on null channels only, with no default, timeout or stop "
                         "case, would block forever");
-        std::sort(locks, locks + nlocks, std::less<>{});
+        // Insertion sort: a select has a handful of channels, and std::sort's
+        // inlined large-array branch draws a false -Warray-bounds from g++ 12
+        // on the small fixed arrays of a variadic select.
+        for (int i = 1; i < nlocks; ++i)
+            for (int j = i; j > 0 && std::less<>{}(locks[j], locks[j - 1]); --j)
+                std::swap(locks[j], locks[j - 1]);
         nlocks = static_cast<int>(std::unique(locks, locks + nlocks) - locks);
     }
 

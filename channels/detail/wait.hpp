@@ -13,6 +13,34 @@ namespace csp::detail {
 
 using steady_time = std::chrono::steady_clock::time_point;
 
+inline steady_time to_steady(std::chrono::steady_clock::time_point t) { return t; }
+template <class Clock, class Dur>
+steady_time to_steady(std::chrono::time_point<Clock, Dur> t) {
+    return std::chrono::steady_clock::now() +
+           std::chrono::ceil<std::chrono::steady_clock::duration>(t - Clock::now());
+}
+// d in steady_clock ticks, saturated: duration::max() stays "forever".
+template <class Rep, class Period>
+std::chrono::steady_clock::duration saturated(std::chrono::duration<Rep, Period> d) {
+    using sd = std::chrono::steady_clock::duration;
+    if (std::chrono::duration<long double, std::nano>(d) >=
+        std::chrono::duration<long double, std::nano>(sd::max()))
+        return sd::max();
+    if (d <= d.zero()) return sd::zero();
+    return std::chrono::ceil<sd>(d);
+}
+
+// now + d, saturated at the end of time.
+inline steady_time after_now(std::chrono::steady_clock::duration d) {
+    const auto now = std::chrono::steady_clock::now();
+    return d >= steady_time::max() - now ? steady_time::max() : now + d;
+}
+template <class Rep, class Period>
+steady_time after_now(std::chrono::duration<Rep, Period> d) {
+    return after_now(saturated(d));
+}
+
+
 // What a stop request does to a parked thread: claim it for `stop_case`, and
 // wake it if that claim won. std::stop_callback's destructor waits for a
 // callback that is running, so the waiter outlives every call of this.
