@@ -164,9 +164,8 @@ public:
     T& operator*() const noexcept { return *value_; }
     T* operator->() const noexcept { return &*value_; }
     recv_iterator& operator++() {
-        auto r = s_->recv(nullptr, nullptr);
-        if (r) value_.emplace(std::move(*r));
-        else value_.reset();
+        value_.reset();
+        (void)s_->recv(value_, nullptr, nullptr);  // the value lands in value_ directly
         return *this;
     }
     void operator++(int) { ++*this; }
@@ -183,30 +182,33 @@ class recv_api {
 public:
     // Blocks until a value arrives; empty once the channel is closed and drained.
     [[nodiscard]] std::optional<T> recv() const {
-        return std::move(st("recv").recv(nullptr, nullptr)).value();
+        std::optional<T> out;
+        (void)st("recv").recv(out, nullptr, nullptr);
+        return out;
     }
 
     // Like recv, but gives up when `stop` is requested: ok, closed or cancelled.
     [[nodiscard]] recv_result<T> recv(std::stop_token stop) const {
-        return st("recv").recv(nullptr, &stop);
+        return st("recv").recv_result_of(nullptr, &stop);
     }
 
     // Receives only if a value is there now: ok, would_block or closed.
     [[nodiscard]] recv_result<T> try_recv() const {
-        auto* s = self().state();
-        return s ? s->try_recv() : recv_result<T>(status::would_block);
+        recv_result<T> r(status::would_block);
+        if (auto* s = self().state()) s->try_recv(r);
+        return r;
     }
 
     // Blocks at most until the deadline: ok, closed or timeout.
     template <class Rep, class Period>
     [[nodiscard]] recv_result<T> recv_for(std::chrono::duration<Rep, Period> d) const {
         steady_time t = after_now(d);
-        return st("recv_for").recv(&t, nullptr);
+        return st("recv_for").recv_result_of(&t, nullptr);
     }
     template <class Clock, class Dur>
     [[nodiscard]] recv_result<T> recv_until(std::chrono::time_point<Clock, Dur> t) const {
         steady_time deadline = to_steady(t);
-        return st("recv_until").recv(&deadline, nullptr);
+        return st("recv_until").recv_result_of(&deadline, nullptr);
     }
 
     // An asynchronous receive, as an Asio operation completing with

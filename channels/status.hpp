@@ -37,6 +37,7 @@ public:
         : status_(v ? status::ok : if_empty), value_(std::move(v)) {}
 
     status state() const noexcept { return status_; }
+    void set_state(status s) noexcept { status_ = s; }
     bool ok() const noexcept { return status_ == status::ok; }
     explicit operator bool() const noexcept { return ok(); }
 

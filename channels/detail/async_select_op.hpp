@@ -174,12 +174,14 @@ private:
             lock_set held(cases_.locks(), plan_.nlocks);
             chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);
             if (chosen < 0) {  // pass 2
-                this->state.store(waiter::kWaiting, std::memory_order_release);
                 registered_ = true;
                 this->connect_cancellation();
                 this->note_parked(plan_.timeout < 0 && plan_.stop < 0);
                 for (int j = 0; j < plan_.polled; ++j)
                     cases_.cases()[cases_.order()[j]]->enqueue(*this, cases_.order()[j]);
+                // Claimable from here on (after a retry it was still claimed):
+                // everything above happens-before any claimer's CAS.
+                this->state.store(waiter::kWaiting, std::memory_order_release);
                 arm();
             } else {
                 this->state.store(chosen, std::memory_order_relaxed);

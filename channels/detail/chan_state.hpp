@@ -154,16 +154,16 @@ public:
         return status::would_block;
     }
 
-    recv_result<T> try_recv() {
-        std::optional<T> out;
-        poll p;
-        {
-            wake_list woken;
-            std::lock_guard g(mu_);
-            p = recv_locked(out, woken);
+    // Receives into the caller's final object, so that no move can throw
+    // once the value has left the channel.
+    void try_recv(recv_result<T>& r) {
+        wake_list woken;
+        std::lock_guard g(mu_);
+        switch (recv_locked(r.value(), woken)) {
+            case poll::done: r.set_state(status::ok); break;
+            case poll::closed: r.set_state(status::closed); break;
+            case poll::blocked: r.set_state(status::would_block); break;
         }
-        return recv_result<T>(std::move(out), p == poll::closed ? status::closed
-                                                                : status::would_block);
     }
 
     // Blocks until sent, closed, past the deadline or stopped. Moves from v
@@ -196,10 +196,11 @@ public:
         }
     }
 
-    // Blocks until a value arrives, the channel is closed and drained, the
-    // deadline passes or a stop is requested.
-    recv_result<T> recv(const steady_time* deadline, const std::stop_token* stop) {
-        std::optional<T> out;
+    // Blocks until a value arrives in `out` (ok), the channel is closed and
+    // drained, the deadline passes or a stop is requested. The value is
+    // moved once, straight into `out`, the caller's final object: once it
+    // has left the channel no further move can throw it away.
+    status recv(std::optional<T>& out, const steady_time* deadline, const std::stop_token* stop) {
         for (;;) {
             thread_waiter w;
             wait_node n;
@@ -209,23 +210,28 @@ public:
                 wake_list woken;
                 std::lock_guard g(mu_);
                 switch (recv_locked(out, woken)) {
-                    case poll::done: return recv_result<T>(std::move(*out));
-                    case poll::closed: return recv_result<T>(status::closed);
+                    case poll::done: return status::ok;
+                    case poll::closed: return status::closed;
                     case poll::blocked: break;
                 }
-                if (status s = gave_up(deadline, stop); s != status::ok)
-                    return recv_result<T>(s);
+                if (status s = gave_up(deadline, stop); s != status::ok) return s;
                 receivers_.push_back(n);
             }
             int c = wait_claimed(w, deadline, kTimedOut, stop, kStopped);
-            if (c < 0) return recv_result<T>(withdraw(receivers_, n, c));
+            if (c < 0) return withdraw(receivers_, n, c);
             switch (w.result) {
-                case outcome::delivered: return recv_result<T>(std::move(*out));
-                case outcome::closed: return recv_result<T>(status::closed);
+                case outcome::delivered: return status::ok;
+                case outcome::closed: return status::closed;
                 case outcome::retry:
                 case outcome::failed: break;  // a sender's value failed to move: wait again
             }
         }
+    }
+
+    recv_result<T> recv_result_of(const steady_time* deadline, const std::stop_token* stop) {
+        recv_result<T> r(status::would_block);
+        r.set_state(recv(r.value(), deadline, stop));
+        return r;
     }
 
     // Handles of kind closing_sender count here; the last one to go closes.

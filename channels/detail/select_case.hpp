@@ -62,9 +62,14 @@ public:
         if (ch_) ch_->dequeue_recv_locked(node_);
     }
     void run(outcome) override {
-        std::optional<T> v = std::move(value_);
-        value_.reset();  // the case can be used in the next select
-        std::invoke(f_, std::move(v));
+        // Handed over as an rvalue: a handler taking `std::optional<T>&&` or
+        // `const&` sees the value without another move. If the handler's own
+        // by-value parameter throws while moving, the value stays in this case.
+        struct reset_after {
+            std::optional<T>& v;
+            ~reset_after() { v.reset(); }  // the case can be used in the next select
+        } reset{value_};
+        std::invoke(f_, std::move(value_));
     }
 
 private:

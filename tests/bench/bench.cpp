@@ -1,21 +1,34 @@
-// csp_bench — the scenarios of shared/bench/SCENARIOS.md on csp's thread face:
-// one std::thread per party, blocking send/recv/select.
+// csp_bench — the scenarios of shared/bench/SCENARIOS.md on csp's two faces:
+// threads (one std::thread per party, blocking send/recv/select) and tasks
+// (coroutine tasks on a csp::runtime, co_await async_send/async_recv/
+// async_select, and the stage API of runtime/pipeline.hpp).
 //
-//   csp_bench [scale] [scenario,scenario,...]     (as every reference program)
-//   csp_bench --list                              (the scenario names, one a line)
+//   csp_bench [--face=F] [scale] [scenario,scenario,...]   (as every reference program)
+//   csp_bench [--face=F] --list                            (the scenario names, one a line)
+//
+//   --face=thread  the thread face under the reference programs' names (default;
+//                  it has no spawn, fanin_timeout or pipeline*)
+//   --face=task    the task face under the reference programs' names, plus
+//                  pipeline_hand and pipeline_par_hand (the pipelines without
+//                  the stage API)
+//   --face=hand    the hand-written pipelines under the names pipeline and
+//                  pipeline_par, to pair them with --face=task in `compare`
+//   --face=all     both faces in one run; a task scenario that the thread
+//                  face also has is printed with the suffix _task
 //
 // The structure follows the Go reference (shared/bench/go/main.go) so that
 // the numbers mean the same thing: each scenario runs once at a warm-up size,
 // then once timed; the timed region is the whole call, creating the channels
-// and threads included, as Go's includes creating its goroutines. Each run
-// checks the count and the sum of what was received and the program exits 1
-// on a mismatch, so a fast but wrong channel cannot post a number.
-//
-// The task-based scenarios (pipeline, pipeline_par, spawn, fanin_timeout)
-// belong to the runtime's face (tasks, not threads); each becomes one more
-// entry in `scenarios` below.
+// and threads (or tasks) included, as Go's includes creating its goroutines.
+// Each run checks the count and the sum of what was received and the
+// program exits 1 on a mismatch, so a fast but wrong channel cannot post a
+// number.
 
 #include <channels/channels.hpp>
+#include <runtime/csp.hpp>
+#include <runtime/pipeline.hpp>
+
+#include <asio/use_awaitable.hpp>
 
 #include <fmt/core.h>
 
@@ -24,7 +37,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <optional>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -45,6 +60,7 @@ struct scenario {
     std::string_view name;
     i64 n;                // N at scale 1
     result (*run)(i64 n);
+    void (*prepare)(i64 n) = nullptr;  // outside the timed region (pipeline_par's expected sum)
 };
 
 // 0 + 1 + ... + (n-1)
@@ -166,8 +182,293 @@ result select4(i64 n) {
     return r;
 }
 
-// Adding a scenario is one line here (task-based ones come with the runtime).
-constexpr std::array scenarios{
+// ---- the task face: the same scenarios as coroutine tasks on a csp::runtime ----
+//
+// Every party is a coroutine task (asio::awaitable<void>) on one process-wide
+// runtime with the default number of workers, built before the first
+// timed run; channel operations are co_await async_send / async_recv /
+// csp::async_select. Each run ends with rt().wait(), so the timed region
+// covers every task's end, as the thread face's joins do.
+//
+// g++ 12: no aggregate temporary and no nested co_await inside the
+// arguments of a co_await'ed call (double destruction); values are bound to
+// locals first.
+
+using asio::use_awaitable;
+template <class T>
+using aw = asio::awaitable<T>;
+
+csp::runtime& rt() {
+    static csp::runtime r;  // default workers: one per core
+    return r;
+}
+
+result pingpong_task(i64 n) {
+    auto c1 = csp::make_chan<i64>();
+    auto c2 = csp::make_chan<i64>();
+    result r{0, 0, sum_range(n)};
+    rt().go([in = c1.as_receiver(), out = c2.as_sender()]() -> aw<void> {
+        while (auto v = co_await in.async_recv(use_awaitable)) {
+            i64 x = *v;
+            co_await out.async_send(x, use_awaitable);
+        }
+        out.close();
+    });
+    rt().go([c1, c2, n, &r]() -> aw<void> {
+        for (i64 i = 0; i < n; ++i) {
+            i64 x = i;
+            co_await c1.async_send(x, use_awaitable);
+            if (auto v = co_await c2.async_recv(use_awaitable)) {
+                r.sum += *v;
+                ++r.count;
+            }
+        }
+        c1.close();
+        while (co_await c2.async_recv(use_awaitable)) ++r.count;  // anything extra is an error
+    });
+    rt().wait();
+    return r;
+}
+
+// Producer task (closes at the end) and consumer task.
+aw<void> produce(csp::sender<i64> tx, i64 lo, i64 hi) {
+    for (i64 i = lo; i < hi; ++i) {
+        i64 x = i;
+        co_await tx.async_send(x, use_awaitable);
+    }
+    tx.close();
+}
+
+template <std::ptrdiff_t Capacity>
+result spsc_task(i64 n) {
+    auto ch = csp::make_chan<i64>(Capacity);
+    result r{0, 0, sum_range(n)};
+    rt().go([tx = ch.as_sender(), n] { return produce(tx, 0, n); });
+    rt().go([rx = ch.as_receiver(), &r]() -> aw<void> {
+        i64 count = 0, sum = 0;
+        while (auto v = co_await rx.async_recv(use_awaitable)) {
+            sum += *v;
+            ++count;
+        }
+        r.count = count;
+        r.sum = sum;
+    });
+    rt().wait();
+    return r;
+}
+
+result buf_mpmc_task(i64 n) {
+    constexpr int producers = 4, consumers = 4;
+    auto ch = csp::make_chan<i64>(1024);
+    std::array<result, consumers> part{};
+    {
+        const auto closer = ch.as_closing_sender();  // held until every producer started
+        for (int p = 0; p < producers; ++p)
+            rt().go([tx = closer, rg = split(n, producers, p)]() -> aw<void> {
+                for (i64 i = rg.lo; i < rg.hi; ++i) {
+                    i64 x = i;
+                    co_await tx.async_send(x, use_awaitable);
+                }
+            });
+    }
+    for (auto& mine : part)
+        rt().go([rx = ch.as_receiver(), &mine]() -> aw<void> {
+            i64 count = 0, sum = 0;
+            while (auto v = co_await rx.async_recv(use_awaitable)) {
+                sum += *v;
+                ++count;
+            }
+            mine.count = count;
+            mine.sum = sum;
+        });
+    rt().wait();
+    result r{0, 0, sum_range(n)};
+    for (const auto& p : part) {
+        r.count += p.count;
+        r.sum += p.sum;
+    }
+    return r;
+}
+
+result select4_task(i64 n) {
+    constexpr int k = 4;
+    std::array<csp::channel<i64>, k> chs;
+    for (int p = 0; p < k; ++p) {
+        chs[p] = csp::make_chan<i64>(128);
+        auto rg = split(n, k, p);
+        rt().go([tx = chs[p].as_sender(), rg] { return produce(tx, rg.lo, rg.hi); });
+    }
+    result r{0, 0, sum_range(n)};
+    rt().go([&chs, &r]() -> aw<void> {
+        int open = k;
+        i64 count = 0, sum = 0;
+        auto on = [&](int p) {
+            return csp::on_recv(chs[p], [&, p](std::optional<i64> v) {
+                if (!v) {
+                    chs[p] = {};
+                    --open;
+                    return;
+                }
+                sum += *v;
+                ++count;
+            });
+        };
+        while (open > 0) {
+            auto a = on(0), b = on(1), c = on(2), d = on(3);
+            co_await csp::async_select(use_awaitable, std::move(a), std::move(b), std::move(c),
+                                       std::move(d));
+        }
+        r.count = count;
+        r.sum = sum;
+    });
+    rt().wait();
+    return r;
+}
+
+// N tasks, each sends one value on a shared capacity-1024 channel; a
+// spawner task starts them while main receives (the Go reference's shape).
+result spawn(i64 n) {
+    auto ch = csp::make_chan<i64>(1024);
+    rt().go([tx = ch.as_sender(), n]() -> aw<void> {
+        for (i64 i = 0; i < n; ++i)
+            rt().go([tx, i]() -> aw<void> {
+                i64 x = i;
+                co_await tx.async_send(x, use_awaitable);
+            });
+        co_return;
+    });
+    result r{0, 0, sum_range(n)};
+    for (i64 i = 0; i < n; ++i)
+        if (auto v = ch.recv()) {
+            r.sum += *v;
+            ++r.count;
+        }
+    rt().wait();
+    if (ch.try_recv()) ++r.count;  // nothing extra may be there
+    return r;
+}
+
+// One producer task (capacity 128, closes at the end); a consumer task
+// selects over the data channel and a fresh 1 ms timeout per item.
+i64 fanin_timeouts = 0;
+
+result fanin_timeout(i64 n) {
+    auto data = csp::make_chan<i64>(128);
+    result r{0, 0, sum_range(n)};
+    i64 timeouts = 0;
+    rt().go([tx = data.as_sender(), n] { return produce(tx, 0, n); });
+    rt().go([rx = data.as_receiver(), &r, &timeouts]() -> aw<void> {
+        bool open = true;
+        i64 count = 0, sum = 0, late = 0;
+        while (open) {
+            auto on_data = csp::on_recv(rx, [&](std::optional<i64> v) {
+                if (!v) {
+                    open = false;
+                    return;
+                }
+                sum += *v;
+                ++count;
+            });
+            auto on_late = csp::on_timeout(std::chrono::milliseconds(1), [&] { ++late; });
+            co_await csp::async_select(use_awaitable, std::move(on_data), std::move(on_late));
+        }
+        r.count = count;
+        r.sum = sum;
+        timeouts = late;
+    });
+    rt().wait();
+    fanin_timeouts = timeouts;
+    return r;
+}
+
+// ---- pipelines: the stage API (runtime/pipeline.hpp) and the same by hand ----
+
+constexpr i64 par_mod = 1000003;
+std::map<i64, i64> want_par_cache;  // filled outside the timed region
+
+void prepare_par(i64 n) {
+    if (want_par_cache.count(n)) return;
+    i64 s = 0;
+    for (i64 i = 0; i < n; ++i) s += i * i % par_mod;
+    want_par_cache[n] = s;
+}
+
+// source -> (x+1) -> (x*2) -> (x-1) -> sink; sum of 2(i+1)-1 over i = n^2.
+result pipeline(i64 n) {
+    csp::pipeline p(rt());
+    const csp::stage_options o{.workers = 1, .capacity = 128};
+    auto src = p.source(std::views::iota(i64{0}, n), 128);
+    auto s1 = p.map(src, [](i64 x) { return x + 1; }, o);
+    auto s2 = p.map(s1, [](i64 x) { return x * 2; }, o);
+    auto s3 = p.map(s2, [](i64 x) { return x - 1; }, o);
+    result r{0, 0, n * n};
+    for (i64 v : p.drain(s3)) {
+        r.sum += v;
+        ++r.count;
+    }
+    return r;
+}
+
+result pipeline_par(i64 n) {
+    csp::pipeline p(rt());
+    auto src = p.source(std::views::iota(i64{0}, n), 128);
+    auto out = p.map(src, [](i64 x) { return x * x % par_mod; }, {.workers = 4, .capacity = 128});
+    result r{0, 0, want_par_cache.at(n)};
+    for (i64 v : p.drain(out)) {
+        r.sum += v;
+        ++r.count;
+    }
+    return r;
+}
+
+// By hand: the same tasks and channels, written with rt().go; the sink is
+// the calling thread, as with the stage API's drain().
+template <class F>
+csp::receiver<i64> hand_stage(csp::receiver<i64> in, F f, unsigned workers = 1) {
+    auto out = csp::make_chan<i64>(128);
+    const auto closer = out.as_closing_sender();  // closes when the last worker ends
+    for (unsigned w = 0; w < workers; ++w)
+        rt().go([in, tx = closer, f]() -> aw<void> {
+            while (auto v = co_await in.async_recv(use_awaitable)) {
+                i64 y = f(*v);
+                co_await tx.async_send(y, use_awaitable);
+            }
+        });
+    return out;
+}
+
+csp::receiver<i64> hand_source(i64 n) {
+    auto src = csp::make_chan<i64>(128);
+    rt().go([tx = src.as_sender(), n] { return produce(tx, 0, n); });
+    return src;
+}
+
+result pipeline_hand(i64 n) {
+    auto s1 = hand_stage(hand_source(n), [](i64 x) { return x + 1; });
+    auto s2 = hand_stage(s1, [](i64 x) { return x * 2; });
+    auto s3 = hand_stage(s2, [](i64 x) { return x - 1; });
+    result r{0, 0, n * n};
+    for (i64 v : s3) {
+        r.sum += v;
+        ++r.count;
+    }
+    rt().wait();
+    return r;
+}
+
+result pipeline_par_hand(i64 n) {
+    auto out = hand_stage(hand_source(n), [](i64 x) { return x * x % par_mod; }, 4);
+    result r{0, 0, want_par_cache.at(n)};
+    for (i64 v : out) {
+        r.sum += v;
+        ++r.count;
+    }
+    rt().wait();
+    return r;
+}
+
+// The thread face. Adding a scenario is one line here.
+constexpr std::array thread_scenarios{
     scenario{"pingpong", 200'000, pingpong},
     scenario{"unbuf_spsc", 1'000'000, spsc<0>},
     scenario{"buf_spsc", 10'000'000, spsc<1024>},
@@ -175,10 +476,56 @@ constexpr std::array scenarios{
     scenario{"select4", 4'000'000, select4},
 };
 
-const scenario* find(std::string_view name) {
-    for (const auto& s : scenarios)
-        if (s.name == name) return &s;
-    return nullptr;
+// The task face, under the reference programs' names; the *_hand entries
+// are the pipelines written without the stage API (no reference has them).
+constexpr std::array task_scenarios{
+    scenario{"pingpong", 200'000, pingpong_task},
+    scenario{"unbuf_spsc", 1'000'000, spsc_task<0>},
+    scenario{"buf_spsc", 10'000'000, spsc_task<1024>},
+    scenario{"buf_mpmc", 10'000'000, buf_mpmc_task},
+    scenario{"select4", 4'000'000, select4_task},
+    scenario{"pipeline", 2'000'000, pipeline},
+    scenario{"pipeline_par", 2'000'000, pipeline_par, prepare_par},
+    scenario{"spawn", 200'000, spawn},
+    scenario{"fanin_timeout", 1'000'000, fanin_timeout},
+    scenario{"pipeline_hand", 2'000'000, pipeline_hand},
+    scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand, prepare_par},
+};
+
+// --face=hand: the hand-written pipelines under the stage API's names, so
+// that `compare 'csp_bench --face=task' 'csp_bench --face=hand'` pairs them.
+constexpr std::array hand_scenarios{
+    scenario{"pipeline", 2'000'000, pipeline_hand},
+    scenario{"pipeline_par", 2'000'000, pipeline_par_hand, prepare_par},
+};
+
+struct entry {
+    std::string name;  // as printed
+    const scenario* s;
+};
+
+// thread: the thread face under the plain names (the default);
+// task: the task face under the plain names; hand: see hand_scenarios;
+// all: both faces, a task scenario that the thread face also has getting
+// the suffix _task (pingpong_task, ...).
+std::optional<std::vector<entry>> face_entries(std::string_view face) {
+    std::vector<entry> out;
+    auto has_thread = [](std::string_view name) {
+        for (const auto& t : thread_scenarios)
+            if (t.name == name) return true;
+        return false;
+    };
+    if (face == "thread" || face == "all")
+        for (const auto& s : thread_scenarios) out.push_back({std::string(s.name), &s});
+    if (face == "task")
+        for (const auto& s : task_scenarios) out.push_back({std::string(s.name), &s});
+    if (face == "all")
+        for (const auto& s : task_scenarios)
+            out.push_back({has_thread(s.name) ? std::string(s.name) + "_task" : std::string(s.name), &s});
+    if (face == "hand")
+        for (const auto& s : hand_scenarios) out.push_back({std::string(s.name), &s});
+    if (out.empty()) return std::nullopt;
+    return out;
 }
 
 bool check(std::string_view name, i64 n, const result& r) {
@@ -191,9 +538,25 @@ bool check(std::string_view name, i64 n, const result& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::vector<std::string_view> args(argv + 1, argv + argc);
-    if (!args.empty() && args[0] == "--list") {
-        for (const auto& s : scenarios) fmt::print("{}\n", s.name);
+    // Options first (anywhere), then the positional [scale] [scenarios].
+    std::string face = "thread";
+    bool list = false;
+    std::vector<std::string_view> args;
+    for (std::string_view a : std::vector<std::string_view>(argv + 1, argv + argc)) {
+        if (a == "--list") list = true;
+        else if (a.starts_with("--face=")) face = std::string(a.substr(7));
+        else if (a == "-h" || a == "--help") {
+            fmt::print("usage: csp_bench [--face=thread|task|hand|all] [--list] [scale] [scenario,...]\n");
+            return 0;
+        } else args.push_back(a);
+    }
+    auto entries = face_entries(face);
+    if (!entries) {
+        fmt::print(stderr, "unknown face \"{}\" (thread, task, hand, all)\n", face);
+        return 2;
+    }
+    if (list) {
+        for (const auto& e : *entries) fmt::print("{}\n", e.name);
         return 0;
     }
 
@@ -208,43 +571,60 @@ int main(int argc, char** argv) {
         }
     }
 
-    std::vector<const scenario*> selected;
+    std::vector<const entry*> selected;
     if (args.size() > 1 && !args[1].empty() && args[1] != "all") {
-        std::string_view list = args[1];
-        while (!list.empty()) {
-            auto comma = list.find(',');
-            std::string_view name = list.substr(0, comma);
-            list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+        std::string_view names = args[1];
+        while (!names.empty()) {
+            auto comma = names.find(',');
+            std::string_view name = names.substr(0, comma);
+            names = comma == std::string_view::npos ? std::string_view{} : names.substr(comma + 1);
             while (!name.empty() && name.front() == ' ') name.remove_prefix(1);
             while (!name.empty() && name.back() == ' ') name.remove_suffix(1);
             if (name.empty()) continue;
-            const scenario* s = find(name);
-            if (!s) {
-                fmt::print(stderr, "unknown scenario \"{}\"\n", name);
+            const entry* found = nullptr;
+            for (const auto& e : *entries)
+                if (e.name == name) found = &e;
+            if (!found) {
+                fmt::print(stderr, "unknown scenario \"{}\" (face {})\n", name, face);
                 return 2;
             }
-            selected.push_back(s);
+            selected.push_back(found);
         }
     } else {
-        for (const auto& s : scenarios) selected.push_back(&s);
+        for (const auto& e : *entries) selected.push_back(&e);
     }
 
-    for (const scenario* s : selected) {
-        i64 n = std::max<i64>(1, std::llround(static_cast<double>(s->n) * scale));
-        i64 warm = std::min(n, std::max<i64>(1000, n / 20));
+    try {
+        if (face != "thread") (void)rt();  // its threads start outside the timed region
 
-        if (!check(fmt::format("{} (warm-up)", s->name), warm, s->run(warm))) return 1;
+        for (const entry* e : selected) {
+            const scenario* s = e->s;
+            i64 n = std::max<i64>(1, std::llround(static_cast<double>(s->n) * scale));
+            i64 warm = std::min(n, std::max<i64>(1000, n / 20));
+            if (s->prepare) {
+                s->prepare(warm);
+                s->prepare(n);
+            }
 
-        auto start = std::chrono::steady_clock::now();
-        result r = s->run(n);
-        auto elapsed = std::chrono::steady_clock::now() - start;
-        if (!check(s->name, n, r)) return 1;
+            if (!check(fmt::format("{} (warm-up)", e->name), warm, s->run(warm))) return 1;
 
-        double ns = static_cast<double>(
-                        std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()) /
-                    static_cast<double>(n);
-        fmt::print("{} {:.1f} ns/op {:.0f} ops/s\n", s->name, ns, 1e9 / ns);
-        std::fflush(stdout);  // a later hang or crash must not swallow finished lines
+            fanin_timeouts = 0;
+            auto start = std::chrono::steady_clock::now();
+            result r = s->run(n);
+            auto elapsed = std::chrono::steady_clock::now() - start;
+            if (!check(e->name, n, r)) return 1;
+
+            double ns = static_cast<double>(
+                            std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()) /
+                        static_cast<double>(n);
+            fmt::print("{} {:.1f} ns/op {:.0f} ops/s\n", e->name, ns, 1e9 / ns);
+            std::fflush(stdout);  // a later hang or crash must not swallow finished lines
+            if (s->run == fanin_timeout && fanin_timeouts > 0)
+                fmt::print(stderr, "note: {}: {} timeouts fired\n", e->name, fanin_timeouts);
+        }
+    } catch (const std::exception& ex) {
+        fmt::print(stderr, "ERROR: {}\n", ex.what());
+        return 1;
     }
     return 0;
 }
