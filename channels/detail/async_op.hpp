@@ -98,7 +98,7 @@ protected:
 
     template <class F>
     void post(F&& f) noexcept {
-        if (hooks_) hooks_->unparked();
+        if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
         traits::post(work_, handler_, std::forward<F>(f));
     }
 
