@@ -20,47 +20,13 @@
 #include <thread>
 #include <vector>
 
-namespace doctest {
-template <>
-struct StringMaker<std::vector<int>> {
-    static String convert(const std::vector<int>& v) {
-        std::string s = "{";
-        for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-        return (s + "}").c_str();
-    }
-};
-template <>
-struct StringMaker<csp::status> {
-    static String convert(csp::status s) { return csp::to_string(s); }
-};
-}  // namespace doctest
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 using csp::status;
+using namespace csp_test;
 
 namespace {
-
-int stress_iters() {
-    static const int n = [] {
-        const char* e = std::getenv("CSP_STRESS_ITERS");
-        int v = e ? std::atoi(e) : 1;
-        return v > 0 ? v : 1;
-    }();
-    return n;
-}
-
-constexpr int capacities[] = {0, 1, 2, 1024};
-
-template <class F>
-void for_each_capacity(F f) {
-    for (int cap : capacities) {
-        CAPTURE(cap);
-        f(cap);
-    }
-}
-
-// Only makes it likely that a peer thread has parked; never needed for correctness.
-void let_it_block() { std::this_thread::sleep_for(5ms); }
 
 using clk = std::chrono::steady_clock;
 
