@@ -2,24 +2,33 @@
 
 #include <fmt/core.h>
 
+#include <asio/post.hpp>
+
 #include <chrono>
-#include <cstdio>
 
 namespace csp {
 
 namespace {
-thread_local runtime* current_runtime = nullptr;
-}
+// Timers pending in every runtime together: a task of one runtime may wait
+// on a timer of another (csp::after() defaults to the default runtime), so a
+// pending timer anywhere means that a parked task may still be woken.
+std::atomic<std::ptrdiff_t> all_timers{0};
+}  // namespace
 
 runtime::runtime(unsigned workers)
-    : blocking_([this] { install_thread_hooks(); }) {
+    : blocking_([this] { install_thread_hooks(plain_hooks_); }) {
     if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
     workers_.reserve(workers);
     for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<worker>());
     for (auto& w : workers_) {
         w->thread = std::thread([this, &ctx = w->ctx] {
-            install_thread_hooks();
+            install_thread_hooks(coroutine_hooks_);
             ctx.run();
+            // Stopped by the destructor once every task has ended: run what
+            // was already queued (a cancelled timer's handler, which holds a
+            // reference on its select) instead of dropping it unrun.
+            ctx.restart();
+            ctx.poll();
         });
     }
 }
@@ -35,21 +44,14 @@ runtime::~runtime() {
         std::unique_lock l(idle_mu_);
         idle_.wait(l, [&] { return live_.load(std::memory_order_acquire) == 0; });
     }
-    // Every task has ended; what may still be queued (a timer that nobody
-    // waits for, a cancellation aimed at a finished task) is dropped.
+    // Every task has ended. Each worker runs what is queued and returns; a
+    // timer still pending (an after() nobody reads) is destroyed unrun with
+    // its io_context, so its count leaves the process-wide one here.
     for (auto& w : workers_) w->ctx.stop();
     for (auto& w : workers_) w->thread.join();
     blocking_.stop();
-    if (std::exception_ptr e = root_.take_error()) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            std::fprintf(stderr, "csp: a task ended with an exception nobody waited for: %s\n",
-                         ex.what());
-        } catch (...) {
-            std::fprintf(stderr, "csp: a task ended with an exception nobody waited for\n");
-        }
-    }
+    all_timers.fetch_sub(timers_.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
+    if (std::exception_ptr e = root_.take_error()) detail::report_uncollected(e, "a task");
 }
 
 runtime& runtime::default_runtime() {
@@ -57,42 +59,73 @@ runtime& runtime::default_runtime() {
     return rt;
 }
 
-void runtime::install_thread_hooks() {
-    current_runtime = this;
-    detail::current_park_hooks() = &hooks_;
-}
+void runtime::install_thread_hooks(hooks& h) { detail::current_park_hooks() = &h; }
 
 void runtime::hooks::parked() noexcept {
-    rt_.parked_.fetch_add(1, std::memory_order_relaxed);
+    parked_.fetch_add(1, std::memory_order_relaxed);
     rt_.note_activity();
 }
 
 void runtime::hooks::unparked() noexcept {
-    rt_.parked_.fetch_sub(1, std::memory_order_relaxed);
+    parked_.fetch_sub(1, std::memory_order_relaxed);
     rt_.note_activity();
 }
 
-void runtime::timer_armed() noexcept { timers_.fetch_add(1, std::memory_order_relaxed); }
+void runtime::timer_armed() noexcept {
+    timers_.fetch_add(1, std::memory_order_relaxed);
+    all_timers.fetch_add(1, std::memory_order_relaxed);
+}
 void runtime::timer_done() noexcept {
     timers_.fetch_sub(1, std::memory_order_relaxed);
+    all_timers.fetch_sub(1, std::memory_order_relaxed);
     note_activity();
 }
 
 void runtime::task_started(detail::task_scope& scope, detail::task_record& r) {
     live_.fetch_add(1, std::memory_order_relaxed);
+    if (!r.worker) plain_live_.fetch_add(1, std::memory_order_relaxed);
     scope.add(r);
 }
 
 void runtime::task_ended(detail::task_record& r, std::exception_ptr e) {
-    r.scope->finish(r, std::move(e));
-    note_activity();
-    if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    bool last = false;
+    r.scope->finish(r, std::move(e), [&] {
+        if (!r.worker) plain_live_.fetch_sub(1, std::memory_order_relaxed);
+        note_activity();
+        last = live_.fetch_sub(1, std::memory_order_acq_rel) == 1;
+    });
+    // The destructor may see live_ == 0 before this notify; it joins this
+    // thread (a worker or a pool thread) before idle_mu_ goes away.
+    if (last) {
         std::lock_guard g(idle_mu_);
         idle_.notify_all();
     }
 }
 
 asio::any_io_executor runtime::executor() { return next_worker().ctx.get_executor(); }
+
+// True when a worker is busy: the probe posted at the previous check has not
+// run yet. Posts the next probe to each worker whose last one ran.
+bool runtime::workers_idle() {
+    bool idle = true;
+    for (auto& w : workers_) {
+        if (w->probe_pending.exchange(true, std::memory_order_acq_rel)) {
+            idle = false;
+        } else {
+            worker* wp = w.get();
+            asio::post(wp->ctx, [wp] { wp->probe_pending.store(false, std::memory_order_release); });
+        }
+    }
+    return idle;
+}
+
+bool runtime::looks_deadlocked() {
+    const auto live = static_cast<std::ptrdiff_t>(live_.load(std::memory_order_acquire));
+    const auto plain = plain_live_.load(std::memory_order_relaxed);
+    return live > 0 && plain_parked_.load(std::memory_order_relaxed) >= plain &&
+           coroutine_parked_.load(std::memory_order_relaxed) >= live - plain &&
+           all_timers.load(std::memory_order_relaxed) == 0;
+}
 
 void runtime::wait() {
     using namespace std::chrono_literals;
@@ -104,16 +137,16 @@ void runtime::wait() {
         if (idle_.wait_for(l, 20ms, [&] { return live_.load(std::memory_order_acquire) == 0; }))
             break;
         const std::uint64_t epoch = epoch_.load(std::memory_order_relaxed);
-        const auto live = static_cast<std::ptrdiff_t>(live_.load(std::memory_order_acquire));
-        const bool all_parked = live > 0 && parked_.load(std::memory_order_relaxed) >= live &&
-                                timers_.load(std::memory_order_relaxed) == 0;
-        stable = all_parked && epoch == last_epoch ? stable + 1 : 0;
+        // Probe every time, so that the next check knows whether the workers
+        // ran it in between.
+        const bool idle = workers_idle();
+        stable = idle && looks_deadlocked() && epoch == last_epoch ? stable + 1 : 0;
         last_epoch = epoch;
         if (stable >= kStableChecks)
             throw deadlock_error(fmt::format(
                 "csp: all tasks are asleep - deadlock! ({} tasks parked on channel operations "
                 "that nothing can complete)",
-                live));
+                live_.load(std::memory_order_acquire)));
     }
     l.unlock();
     if (std::exception_ptr e = root_.take_error()) std::rethrow_exception(e);

@@ -29,18 +29,27 @@
 // one. One that nobody collected is printed to stderr when the runtime is
 // destroyed: never swallowed silently.
 //
-// Deadlock. wait() throws csp::deadlock_error ("all tasks are asleep") when
-// every live task has been parked in a channel operation that has neither a
-// timeout nor a stop case, no timer of the runtime is pending, and nothing
-// moved for several checks in a row. It assumes that threads outside the
-// runtime no longer feed its tasks while someone waits on it.
+// Deadlock. wait() throws csp::deadlock_error ("all tasks are asleep") when,
+// for several checks in a row and with nothing moving in between: every
+// plain task is parked in a channel operation that has neither a timeout
+// nor a stop case; at least as many such operations of coroutine tasks are
+// parked as coroutine tasks live; every worker is idle (it runs a probe
+// posted to it); and no timer of any runtime is pending. It assumes that
+// threads outside the runtimes no longer feed its tasks while someone waits
+// on it. A coroutine task with several operations parked at once (Asio's
+// awaitable operators) counts once per operation, which the idle-worker
+// probe covers unless another coroutine keeps yielding without channel
+// operations for the whole window.
 //
 // Destruction cancels what is still running: it emits terminal cancellation
 // on every coroutine task (a parked channel operation completes with
 // operation_aborted and takes nothing), requests stop on every stop token,
 // waits for every task to end, then joins its threads. A plain task must
 // return for that: one blocked forever without a stop token blocks the
-// destructor (it cannot be interrupted from outside).
+// destructor (it cannot be interrupted from outside). Handlers already
+// queued when the tasks have ended (a cancelled timer's, a completion) still
+// run, so that they release what they hold; timers still pending (an
+// after() nobody reads) are destroyed without running.
 #pragma once
 
 #include <asio/any_io_executor.hpp>
@@ -133,20 +142,26 @@ private:
     friend class task_group;
     friend struct detail::timer_access;
 
+    // Counts the operations parked on one kind of thread (coroutine workers
+    // or the plain-task pool) with no way out but a peer.
     class hooks final : public detail::park_hooks {
     public:
-        explicit hooks(runtime& rt) : rt_(rt) {}
+        hooks(runtime& rt, std::atomic<std::ptrdiff_t>& parked) : rt_(rt), parked_(parked) {}
         void parked() noexcept override;
         void unparked() noexcept override;
 
     private:
         runtime& rt_;
+        std::atomic<std::ptrdiff_t>& parked_;
     };
 
     struct worker {
         asio::io_context ctx{1};
         asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
         std::thread thread;
+        // Set by wait() when it posts an idleness probe here, cleared by the
+        // probe: still set a check later means the worker is busy computing.
+        std::atomic<bool> probe_pending{false};
     };
 
     template <class F>
@@ -211,18 +226,26 @@ private:
     void timer_armed() noexcept;
     void timer_done() noexcept;
     void note_activity() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
-    void install_thread_hooks();
+    void install_thread_hooks(hooks& h);
+    bool looks_deadlocked();
+    bool workers_idle();
 
-    hooks hooks_{*this};
+    hooks coroutine_hooks_{*this, coroutine_parked_};
+    hooks plain_hooks_{*this, plain_parked_};
     detail::task_scope root_{false};
     std::vector<std::unique_ptr<worker>> workers_;
     std::atomic<std::size_t> next_{0};
     detail::blocking_pool blocking_;
 
-    std::atomic<std::size_t> live_{0};         // tasks started and not yet ended
-    std::atomic<std::ptrdiff_t> parked_{0};    // operations parked with no way out but a peer
-    std::atomic<std::ptrdiff_t> timers_{0};    // runtime timers pending
-    std::atomic<std::uint64_t> epoch_{0};      // bumped by every park, wake and task end
+    // For live_tasks() and the deadlock detector. A task counts as live from
+    // go() until its scope has recorded its end, so that when a group's
+    // wait() returns the runtime no longer counts the group's tasks.
+    std::atomic<std::size_t> live_{0};               // tasks started and not yet ended
+    std::atomic<std::ptrdiff_t> plain_live_{0};      // of which plain tasks
+    std::atomic<std::ptrdiff_t> coroutine_parked_{0};  // operations parked with no way out but a peer
+    std::atomic<std::ptrdiff_t> plain_parked_{0};      // the same, on plain-task threads
+    std::atomic<std::ptrdiff_t> timers_{0};          // this runtime's timers pending
+    std::atomic<std::uint64_t> epoch_{0};            // bumped by every park, wake and task end
     std::atomic<bool> closing_{false};
     std::mutex groups_mu_;
     std::vector<detail::task_scope*> groups_;  // guarded by groups_mu_: cancelled at destruction

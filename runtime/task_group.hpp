@@ -10,7 +10,8 @@
 // std::system_error), and tasks that take a std::stop_token see a stop
 // request. Those endings are not errors: wait() rethrows the first real
 // exception. A group destroyed without wait() cancels what still runs and
-// waits for it, so no task outlives its group.
+// waits for it, so no task outlives its group; a first exception that
+// nobody collected with wait() is then printed to stderr.
 #pragma once
 
 #include <stop_token>
@@ -31,8 +32,11 @@ public:
     ~task_group() {
         scope_.cancel();
         scope_.wait_idle();
-        std::lock_guard g(rt_.groups_mu_);
-        std::erase(rt_.groups_, &scope_);
+        {
+            std::lock_guard g(rt_.groups_mu_);
+            std::erase(rt_.groups_, &scope_);
+        }
+        if (std::exception_ptr e = scope_.take_error()) detail::report_uncollected(e, "a task_group");
     }
 
     template <class F>

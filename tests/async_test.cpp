@@ -956,12 +956,8 @@ TEST_CASE("async: async_select with plain callbacks") {
     CHECK(throws_as<std::logic_error>([&] { std::rethrow_exception(e); }));
 }
 
-// BUG: csp::async_select(asio::use_future, ...) does not compile:
-// async_select_op::arm() builds asio::any_io_executor from the handler's
-// associated executor, and use_future's promise_executor is not convertible
-// to any_io_executor (arm() is instantiated even without a timeout case).
-// Build with -DCSP_TEST_ASYNC_SELECT_USE_FUTURE to see it.
-#if defined(CSP_TEST_ASYNC_SELECT_USE_FUTURE)
+// Regression: async_select with asio::use_future did not compile (the
+// timer was built on the handler's executor, which use_future's is not).
 TEST_CASE("async: async_select with use_future") {
     auto a = csp::make_chan<int>(), b = csp::make_chan<int>();
     std::atomic<int> seen{-1};
@@ -973,10 +969,14 @@ TEST_CASE("async: async_select with use_future") {
     CHECK(seen.load() == 103);
     auto g = csp::async_select(asio::use_future, csp::on_default([] { throw std::logic_error("x"); }));
     CHECK(throws_as<std::logic_error>([&] { g.get(); }));
+    // A timeout case: its timer cannot live on use_future's executor.
+    std::atomic<int> timed_out{0};
+    auto h = csp::async_select(asio::use_future, csp::on_recv(a, [](std::optional<int>) {}),
+                               csp::on_timeout(std::chrono::milliseconds(1), [&] { ++timed_out; }));
+    CHECK(h.get() == 1);
+    CHECK(timed_out.load() == 1);
+    CHECK(a.try_send(5) == csp::status::would_block);  // the select left nothing registered
 }
-#else
-TEST_CASE("async: async_select with use_future (does not compile, see BUG above)" * doctest::skip()) {}
-#endif
 
 // ---------------------------------------------------------------------------
 // Threads and coroutines on the same channel

@@ -360,13 +360,10 @@ TEST_CASE("runtime: a task_group rethrows the first error, cancels the parked ta
     }
 }
 
-// BUG: task_group::wait() returns as soon as the group's own count reaches
-// zero (task_scope::finish), but runtime::task_ended decrements the runtime's
-// live count only afterwards, so right after g.wait() returns,
-// rt.live_tasks() can still count the group's last task.
-// Marked skip: it fails under load (95 of 3000 rounds on the 2-core machine).
-TEST_CASE("runtime: after task_group::wait() returns, the runtime counts none of the group's tasks" *
-          doctest::skip()) {
+// Regression: task_group::wait() returned as soon as the group's own count
+// reached zero, and the runtime's live count dropped only afterwards (95 of
+// 3000 rounds saw the group's last task still counted).
+TEST_CASE("runtime: after task_group::wait() returns, the runtime counts none of the group's tasks") {
     csp::runtime rt(2);
     const int rounds = kSanitized ? 300 : 3000;
     int lagging = 0;
@@ -560,12 +557,9 @@ TEST_CASE("runtime: an exception nobody collected is printed when the runtime is
     CHECK(err.find("uncollected root failure") != std::string::npos);
 }
 
-// BUG: runtime.hpp promises that an exception nobody collected is "never
-// swallowed silently", but the first error of a task_group destroyed
-// without wait() is dropped with the group: nothing is printed.
-// Marked skip: it fails.
-TEST_CASE("runtime: the error of a task_group destroyed without wait() is not swallowed silently" *
-          doctest::skip()) {
+// Regression: the first error of a task_group destroyed without wait() was
+// dropped with the group, printed nowhere.
+TEST_CASE("runtime: the error of a task_group destroyed without wait() is not swallowed silently") {
     std::string err = capture_stderr([] {
         csp::runtime rt(1);
         auto done = csp::make_chan<int>(1);
@@ -581,14 +575,11 @@ TEST_CASE("runtime: the error of a task_group destroyed without wait() is not sw
     CHECK(err.find("uncollected group failure") != std::string::npos);
 }
 
-// BUG: the deadlock detector compares a count of parked *operations* with
-// the count of live *tasks*. One task with two operations parked at once
-// (here through asio's awaitable operator ||, which runs each branch as its
-// own coroutine) makes parked >= live while another task is still
-// computing, and wait() throws deadlock_error although that task is about
-// to send. Marked skip: it fails (reported after ~120 ms).
-TEST_CASE("runtime: no deadlock report while one task waits on two channels at once and another computes" *
-          doctest::skip()) {
+// Regression: the deadlock detector compared a count of parked *operations*
+// with the count of live *tasks*. One task with two operations parked at
+// once (asio's awaitable operator ||, which runs each branch as its own
+// coroutine) made parked >= live while another task was still computing.
+TEST_CASE("runtime: no deadlock report while one task waits on two channels at once and another computes") {
     using namespace asio::experimental::awaitable_operators;
     csp::runtime rt(2);
     auto x = csp::make_chan<int>(), y = csp::make_chan<int>();
@@ -615,12 +606,9 @@ TEST_CASE("runtime: no deadlock report while one task waits on two channels at o
     CHECK(got.load() == 7);
 }
 
-// BUG (design): csp::after() defaults to the default runtime, whose pending
-// timers the deadlock detector of another runtime does not count, so a task
-// of `rt` parked on csp::after(d) is reported as a deadlock although the
-// timer will wake it. Marked skip: it fails.
-TEST_CASE("runtime: no deadlock report while a task waits on an after() of the default runtime" *
-          doctest::skip()) {
+// Regression: csp::after() defaults to the default runtime, whose pending
+// timers the deadlock detector of another runtime did not count.
+TEST_CASE("runtime: no deadlock report while a task waits on an after() of the default runtime") {
     csp::runtime rt(1);
     std::atomic<int> got{0};
     rt.go([&]() -> asio::awaitable<void> {
@@ -764,14 +752,11 @@ struct fragile {
     }
 };
 
-// BUG: an async operation parked in a runtime, retried after a sender's move
-// threw (outcome::retry), and then completed at once on its retry calls
-// park_hooks::unparked() a second time (async_waiter::post() still has the
-// hooks of the first parking), so the runtime's parked count drifts below
-// zero and a later real deadlock is never reported: wait() hangs.
-// Marked skip: it fails (after a 3 s bounded wait) until this is fixed.
-TEST_CASE("runtime: a receive retried after a throwing move keeps the deadlock report working" *
-          doctest::skip()) {
+// Regression: an async operation parked in a runtime, retried after a
+// sender's move threw, and then completed at once on its retry called
+// park_hooks::unparked() a second time, so the parked count drifted below
+// zero and a later real deadlock was never reported.
+TEST_CASE("runtime: a receive retried after a throwing move keeps the deadlock report working") {
     csp::runtime rt(1);
     auto ch = csp::make_chan<fragile>(1);
     auto never = csp::make_chan<int>();
@@ -902,17 +887,12 @@ struct counting_alloc {
     }
 };
 
-// BUG: when the runtime is destroyed while coroutine tasks are parked in
-// async_select with a timeout case, the cancelled selects complete and their
-// tasks end, but each select's timer handler (cancelled by disarm(), which
-// holds a reference on the operation) is still queued on the worker when
-// ~runtime calls ctx.stop(); ~io_context then destroys that handler without
-// running it, so the reference is never dropped and the async_select_op (and
-// its steady_timer) leaks. Seen with LeakSanitizer (5 runs of 6 with 5000
-// tasks on one worker) and here with a counting allocator.
-// Marked skip: it fails, and under ASan the leak fails the whole program.
-TEST_CASE("runtime: destruction with tasks parked in async_select with a timeout frees every operation" *
-          doctest::skip()) {
+// Regression: when the runtime was destroyed while coroutine tasks were
+// parked in async_select with a timeout case, each select's cancelled timer
+// handler (holding a reference on the operation) was still queued when
+// ~runtime stopped the io_context, which then destroyed it unrun: the
+// operation leaked (LeakSanitizer, and the counting allocator here).
+TEST_CASE("runtime: destruction with tasks parked in async_select with a timeout frees every operation") {
     constexpr int n = 5000;
     auto a = csp::make_chan<int>();
     std::atomic<long> live{0};
@@ -929,6 +909,14 @@ TEST_CASE("runtime: destruction with tasks parked in async_select with a timeout
                     csp::on_recv(a, [](std::optional<int>) {}), csp::on_timeout(1h, [] {}));
             });
         parked.wait();
+        // One worker runs its queue in order: when a task started after the
+        // others runs, the last of them has suspended in its select.
+        std::latch behind(1);
+        rt.go([&]() -> asio::awaitable<void> {
+            behind.count_down();
+            co_return;
+        });
+        behind.wait();
         CHECK(live.load() >= n);
     }
     CHECK(ended.load() == n);

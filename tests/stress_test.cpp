@@ -1550,21 +1550,17 @@ TEST_CASE("stress: every kind of operation on shared channels at once") {
 // ---------------------------------------------------------------------------
 // 11. The asynchronous select's retry
 
-// Regression (fixed): an async_select can complete twice (its handler runs twice, then its
-// memory is used after it was freed: "pure virtual method called" or
-// SIGSEGV in async_select_op::complete). When a sender's value fails to move
-// into a waiting async_select (a throwing move), the completion retries:
-// async_select_op::complete() stores `state = kWaiting` and calls attempt()
-// while the stop callback and the timer armed by the first attempt are still
-// armed (disarm() runs only on the non-retry path). A stop request or a
-// timer expiry in that window wins the CAS kWaiting -> stop/timeout and
-// posts a completion; meanwhile attempt()'s pass 1 finds a ready case (the
-// stop case itself, an expired deadline, or a value), overwrites `state`
-// with a plain store and posts a second completion. Reproduced here in a
-// few thousand rounds on 2 cores. A fix: disarm (and forget) the timer and
-// the stop callback before the retry's attempt(), which re-arms them, or
-// claim with a CAS in attempt() and re-check the deadline and the stop
-// token after registering.
+// Regressions (fixed), both in the retry after a sender's value failed to
+// move into a waiting async_select (a throwing move), while the timer and
+// the stop callback armed by the first attempt stay armed:
+// - completing twice: the retry once reopened the state to kWaiting before
+//   pass 1, so a stop request or a timer expiry could claim it while pass 1
+//   also completed a case (a handler run twice, then use after free). Now
+//   the state stays claimed through pass 1 and reopens only at pass 2.
+// - completing never: a stop request or a timer expiry landing while the
+//   state was still claimed lost its CAS and does not fire again; the retry
+//   then parked for good (the `first.recv()` below hung). Now the retry
+//   claims for a due stop or deadline right after it reopens the state.
 TEST_CASE("stress: an async_select retried after a throwing move completes exactly once") {
     const unsigned seed = fresh_seed();
     INFO("seed " << seed);
@@ -1607,7 +1603,10 @@ TEST_CASE("stress: an async_select retried after a throwing move completes exact
             ++sender_throws;
         }
         stopper.join();
-        (void)first.recv();
+        // A generous bound, only so that a select that never completes fails
+        // this test with its round instead of hanging the suite.
+        const auto done = first.recv_for(60s);
+        REQUIRE_MESSAGE(done.ok(), "round " << r << " never completed");
     }
     work.reset();
     for (auto& t : pool) t.join();

@@ -27,6 +27,7 @@
 #include <stop_token>
 #include <system_error>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "async_op.hpp"
@@ -189,19 +190,47 @@ private:
             }
         }
         if (chosen >= 0) wake();
+        else claim_if_due();
+    }
+
+    // A retry registers again with the timer and the stop callback still
+    // armed from the first attempt. One that fired while the state was still
+    // claimed lost its CAS and will not fire again, so now that kWaiting is
+    // published, claim for it here if it is due. (On a first attempt this
+    // only repeats what arm() did; the CAS makes the second claim a no-op.)
+    void claim_if_due() noexcept {
+        const case_base* const* cs = cases_.cases();
+        if (plan_.stop >= 0 && cs[plan_.stop]->stop.stop_requested() &&
+            this->try_claim(plan_.stop)) {
+            wake();
+        } else if (plan_.timeout >= 0 &&
+                   std::chrono::steady_clock::now() >= cs[plan_.timeout]->deadline &&
+                   this->try_claim(plan_.timeout)) {
+            wake();
+        }
     }
 
     void arm() {
         std::lock_guard g(arm_mu_);
         if (plan_.timeout >= 0 && !timer_) {
             refs_.fetch_add(1, std::memory_order_relaxed);  // dropped by timer_fired
-            timer_.emplace(asio::any_io_executor(asio::get_associated_executor(
-                               this->handler_, asio::system_executor())),
-                           cases_.cases()[plan_.timeout]->deadline);
+            timer_.emplace(timer_executor(), cases_.cases()[plan_.timeout]->deadline);
             timer_->async_wait(timer_fired{this});
         }
         if (plan_.stop >= 0 && !stop_callback_)
             stop_callback_.emplace(cases_.cases()[plan_.stop]->stop, stop_requested{this});
+    }
+
+    // The timer runs on the handler's executor when that is an I/O executor;
+    // otherwise (asio::use_future's, for one) on the system executor: the
+    // timer's handler only claims and posts the completion, which goes to
+    // the handler's executor anyway.
+    asio::any_io_executor timer_executor() const {
+        auto ex = asio::get_associated_executor(this->handler_, asio::system_executor());
+        if constexpr (std::is_constructible_v<asio::any_io_executor, decltype(ex)>)
+            return asio::any_io_executor(ex);
+        else
+            return asio::any_io_executor(asio::system_executor());
     }
 
     void disarm() noexcept {

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace csp::detail {
@@ -35,10 +36,20 @@ public:
     ~blocking_pool() { stop(); }
 
     void submit(job j) {
-        std::lock_guard g(mu_);
-        jobs_.push_back(std::move(j));
-        if (jobs_.size() > idle_) threads_.emplace_back([this] { loop(); });
-        else wake_.notify_one();
+        std::vector<std::thread> finished;
+        {
+            std::lock_guard g(mu_);
+            jobs_.push_back(std::move(j));
+            if (jobs_.size() > idle_) {
+                std::thread t([this] { loop(); });
+                const auto id = t.get_id();
+                threads_.emplace(id, std::move(t));
+            } else {
+                wake_.notify_one();
+            }
+            finished.swap(retired_);
+        }
+        join_all(finished);
     }
 
     // Lets queued jobs finish, then joins every thread.
@@ -48,11 +59,15 @@ public:
             std::lock_guard g(mu_);
             stopping_ = true;
             wake_.notify_all();
-            threads.swap(threads_);
+            for (auto& [id, t] : threads_) threads.push_back(std::move(t));
+            threads_.clear();
+            for (auto& t : retired_) threads.push_back(std::move(t));
+            retired_.clear();
         }
-        for (auto& t : threads) t.join();
+        join_all(threads);
     }
 
+    // Threads started and not yet retired.
     std::size_t threads() {
         std::lock_guard g(mu_);
         return threads_.size();
@@ -74,8 +89,25 @@ private:
             ++idle_;
             bool woken = wake_.wait_for(l, kIdleRetire, [&] { return stopping_ || !jobs_.empty(); });
             --idle_;
-            if (!woken) return;  // retire: the thread object stays joinable until stop()
+            if (!woken) return retire(l);
         }
+    }
+
+    // A thread cannot join itself: a retiring thread hands its std::thread to
+    // retired_, and whoever comes next (a submit, the next retiring thread,
+    // stop) joins it, so retired threads never pile up in a long-lived pool.
+    void retire(std::unique_lock<std::mutex>& l) {
+        std::vector<std::thread> earlier;
+        earlier.swap(retired_);
+        auto self = threads_.find(std::this_thread::get_id());
+        retired_.push_back(std::move(self->second));
+        threads_.erase(self);
+        l.unlock();
+        join_all(earlier);
+    }
+
+    static void join_all(std::vector<std::thread>& threads) {
+        for (auto& t : threads) t.join();
     }
 
     static constexpr std::chrono::seconds kIdleRetire{30};
@@ -86,7 +118,8 @@ private:
     std::deque<job> jobs_;              // guarded by mu_
     std::size_t idle_ = 0;              // guarded by mu_
     bool stopping_ = false;             // guarded by mu_
-    std::vector<std::thread> threads_;  // guarded by mu_
+    std::unordered_map<std::thread::id, std::thread> threads_;  // guarded by mu_: running
+    std::vector<std::thread> retired_;  // guarded by mu_: returned or returning, not joined
 };
 
 }  // namespace csp::detail

@@ -17,6 +17,7 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdio>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -35,6 +36,18 @@ struct task_record : std::enable_shared_from_this<task_record> {
     task_record* prev = nullptr;  // guarded by scope->mu_
     task_record* next = nullptr;  // guarded by scope->mu_
 };
+
+// Prints an exception nobody will rethrow (a task's, a group's) to stderr:
+// an error that nobody collected is never swallowed silently.
+inline void report_uncollected(const std::exception_ptr& e, const char* whose) noexcept {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        std::fprintf(stderr, "csp: %s ended with an exception nobody waited for: %s\n", whose, ex.what());
+    } catch (...) {
+        std::fprintf(stderr, "csp: %s ended with an exception nobody waited for\n", whose);
+    }
+}
 
 // True for the exception a task ends with when its parked operation was
 // cancelled: after a cancellation that is an expected ending, not an error.
@@ -68,8 +81,12 @@ public:
     }
 
     // Called once per task when it has ended, with what it threw (or null).
-    void finish(task_record& r, std::exception_ptr e) {
+    // `counted_out` runs under the scope's lock before a waiter of the scope
+    // can return: the runtime's own count drops first.
+    template <class F>
+    void finish(task_record& r, std::exception_ptr e, F&& counted_out) {
         std::lock_guard g(mu_);
+        counted_out();
         if (r.prev) r.prev->next = r.next;
         else head_ = r.next;
         if (r.next) r.next->prev = r.prev;
