@@ -15,20 +15,23 @@ namespace {
 std::atomic<std::ptrdiff_t> all_timers{0};
 }  // namespace
 
+namespace {
+unsigned resolve_workers(unsigned workers) {
+    return workers != 0 ? workers : std::max(1u, std::thread::hardware_concurrency());
+}
+}  // namespace
+
+// The concurrency hint is the number of threads that run the io_context:
+// with one, Asio queues every post made on that thread locally.
 runtime::runtime(unsigned workers)
-    : blocking_([this] { install_thread_hooks(plain_hooks_); }) {
-    if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
+    : ctx_(static_cast<int>(resolve_workers(workers))),
+      blocking_([this] { install_thread_hooks(plain_hooks_); }) {
+    workers = resolve_workers(workers);
     workers_.reserve(workers);
-    for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<worker>());
-    for (auto& w : workers_) {
-        w->thread = std::thread([this, &ctx = w->ctx] {
+    for (unsigned i = 0; i < workers; ++i) {
+        workers_.emplace_back([this] {
             install_thread_hooks(coroutine_hooks_);
-            ctx.run();
-            // Stopped by the destructor once every task has ended: run what
-            // was already queued (a cancelled timer's handler, which holds a
-            // reference on its select) instead of dropping it unrun.
-            ctx.restart();
-            ctx.poll();
+            ctx_.run();
         });
     }
 }
@@ -44,12 +47,15 @@ runtime::~runtime() {
         std::unique_lock l(idle_mu_);
         idle_.wait(l, [&] { return live_.load(std::memory_order_acquire) == 0; });
     }
-    // Every task has ended. Each worker runs what is queued and returns; a
-    // timer still pending (an after() nobody reads) is destroyed unrun with
-    // its io_context, so its count leaves the process-wide one here.
-    for (auto& w : workers_) w->ctx.stop();
-    for (auto& w : workers_) w->thread.join();
+    // Every task has ended. Run what is still queued (a cancelled timer's
+    // handler holds a reference on its select) instead of dropping it unrun;
+    // a timer still pending (an after() nobody reads) is destroyed unrun
+    // with the io_context, so its count leaves the process-wide one here.
+    ctx_.stop();
+    for (auto& t : workers_) t.join();
     blocking_.stop();
+    ctx_.restart();
+    ctx_.poll();
     all_timers.fetch_sub(timers_.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
     if (std::exception_ptr e = root_.take_error()) detail::report_uncollected(e, "a task");
 }
@@ -83,14 +89,14 @@ void runtime::timer_done() noexcept {
 
 void runtime::task_started(detail::task_scope& scope, detail::task_record& r) {
     live_.fetch_add(1, std::memory_order_relaxed);
-    if (!r.worker) plain_live_.fetch_add(1, std::memory_order_relaxed);
+    if (!r.strand) plain_live_.fetch_add(1, std::memory_order_relaxed);
     scope.add(r);
 }
 
 void runtime::task_ended(detail::task_record& r, std::exception_ptr e) {
     bool last = false;
     r.scope->finish(r, std::move(e), [&] {
-        if (!r.worker) plain_live_.fetch_sub(1, std::memory_order_relaxed);
+        if (!r.strand) plain_live_.fetch_sub(1, std::memory_order_relaxed);
         note_activity();
         last = live_.fetch_sub(1, std::memory_order_acq_rel) == 1;
     });
@@ -102,20 +108,35 @@ void runtime::task_ended(detail::task_record& r, std::exception_ptr e) {
     }
 }
 
-asio::any_io_executor runtime::executor() { return next_worker().ctx.get_executor(); }
+asio::any_io_executor runtime::executor() { return asio::make_strand(ctx_); }
 
-// True when a worker is busy: the probe posted at the previous check has not
-// run yet. Posts the next probe to each worker whose last one ran.
+// True when every worker is idle: each takes one of `workers` probes, and
+// the probes wait for each other for a moment (a busy worker never takes
+// its probe, and an idle one cannot take two). Run only when everything
+// else already looks deadlocked, so the pause costs nothing in normal runs.
 bool runtime::workers_idle() {
-    bool idle = true;
-    for (auto& w : workers_) {
-        if (w->probe_pending.exchange(true, std::memory_order_acq_rel)) {
-            idle = false;
-        } else {
-            worker* wp = w.get();
-            asio::post(wp->ctx, [wp] { wp->probe_pending.store(false, std::memory_order_release); });
-        }
+    struct probe_state {
+        std::mutex mu;
+        std::condition_variable all_in;
+        std::size_t arrived = 0;  // guarded by mu
+        bool over = false;        // guarded by mu: late probes do not count
+    };
+    using namespace std::chrono_literals;
+    const std::size_t n = workers_.size();
+    auto st = std::make_shared<probe_state>();
+    for (std::size_t i = 0; i < n; ++i) {
+        asio::post(ctx_, [st, n] {
+            std::unique_lock l(st->mu);
+            if (st->over) return;
+            if (++st->arrived == n) st->all_in.notify_all();
+            else st->all_in.wait_for(l, 2ms, [&] { return st->over || st->arrived == n; });
+            st->over = true;
+        });
     }
+    std::unique_lock l(st->mu);
+    const bool idle = st->all_in.wait_for(l, 5ms, [&] { return st->arrived == n; });
+    st->over = true;
+    st->all_in.notify_all();
     return idle;
 }
 
@@ -137,10 +158,7 @@ void runtime::wait() {
         if (idle_.wait_for(l, 20ms, [&] { return live_.load(std::memory_order_acquire) == 0; }))
             break;
         const std::uint64_t epoch = epoch_.load(std::memory_order_relaxed);
-        // Probe every time, so that the next check knows whether the workers
-        // ran it in between.
-        const bool idle = workers_idle();
-        stable = idle && looks_deadlocked() && epoch == last_epoch ? stable + 1 : 0;
+        stable = epoch == last_epoch && looks_deadlocked() && workers_idle() ? stable + 1 : 0;
         last_epoch = epoch;
         if (stable >= kStableChecks)
             throw deadlock_error(fmt::format(

@@ -9,12 +9,15 @@
 //   rt.go([&] { blocking_work(); });       // a plain task: runs on a thread of its own
 //   rt.wait();                             // all tasks done; rethrows the first exception
 //
-// Workers. Each worker is a single-threaded asio::io_context run by one
-// thread; a coroutine task stays on the worker it was given (round-robin)
-// for its whole life, so its resumptions, its completions and the
-// cancellations aimed at it are serialised without a strand. A task parked
-// in a channel operation holds no thread: 100 000 of them cost only their
-// coroutine frames.
+// Workers. One asio::io_context run by `workers` threads. Each coroutine
+// task runs on a strand of its own, which serialises its resumptions, its
+// completions and the cancellations aimed at it, while any worker may run
+// it. A task woken by another task is queued on the waker's thread (Asio's
+// continuation hint: see async_op.hpp), so a hand-off between two tasks
+// costs no thread wake-up, like Go's `runnext`; a worker that takes a
+// handler while more are queued wakes another worker, so ready work spreads
+// to every thread. A task parked in a channel operation holds no thread:
+// 100 000 of them cost only their coroutine frames and strands.
 //
 // Tasks. go() takes a coroutine (asio::awaitable<void>, or a callable
 // returning one) or a plain callable. A callable may take a std::stop_token
@@ -33,8 +36,8 @@
 // for several checks in a row and with nothing moving in between: every
 // plain task is parked in a channel operation that has neither a timeout
 // nor a stop case; at least as many such operations of coroutine tasks are
-// parked as coroutine tasks live; every worker is idle (it runs a probe
-// posted to it); and no timer of any runtime is pending. It assumes that
+// parked as coroutine tasks live; every worker is idle (all of them take a
+// probe at once); and no timer of any runtime is pending. It assumes that
 // threads outside the runtimes no longer feed its tasks while someone waits
 // on it. A coroutine task with several operations parked at once (Asio's
 // awaitable operators) counts once per operation, which the idle-worker
@@ -58,6 +61,7 @@
 #include <asio/co_spawn.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
+#include <asio/strand.hpp>
 
 #include <atomic>
 #include <concepts>
@@ -129,8 +133,8 @@ public:
     // when no task can make progress. Call it from outside the runtime.
     void wait();
 
-    // The executor of the next worker (round-robin): where to co_spawn your
-    // own Asio work, or to build timers and sockets that live on the runtime.
+    // A new strand on the workers: where to co_spawn your own Asio work, or
+    // to build timers and sockets that live on the runtime.
     asio::any_io_executor executor();
 
     unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
@@ -155,14 +159,6 @@ private:
         std::atomic<std::ptrdiff_t>& parked_;
     };
 
-    struct worker {
-        asio::io_context ctx{1};
-        asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
-        std::thread thread;
-        // Set by wait() when it posts an idleness probe here, cleared by the
-        // probe: still set a check later means the worker is busy computing.
-        std::atomic<bool> probe_pending{false};
-    };
 
     template <class F>
     void spawn(detail::task_scope& scope, F&& f) {
@@ -185,12 +181,11 @@ private:
     template <class F>
     void start_coroutine(detail::task_scope& scope, std::shared_ptr<detail::task_record> record,
                          F f) {
-        worker& w = next_worker();
-        record->worker = &w.ctx;
+        record->strand.emplace(asio::make_strand(ctx_));
         task_started(scope, *record);
         detail::task_record& r = *record;
         asio::co_spawn(
-            w.ctx,
+            *r.strand,
             [f = std::move(f), st = scope.stop_token()]() mutable {
                 return detail::invoke_task(f, st);
             },
@@ -217,10 +212,6 @@ private:
         });
     }
 
-    worker& next_worker() noexcept {
-        return *workers_[next_.fetch_add(1, std::memory_order_relaxed) % workers_.size()];
-    }
-
     void task_started(detail::task_scope& scope, detail::task_record& r);
     void task_ended(detail::task_record& r, std::exception_ptr e);
     void timer_armed() noexcept;
@@ -233,8 +224,9 @@ private:
     hooks coroutine_hooks_{*this, coroutine_parked_};
     hooks plain_hooks_{*this, plain_parked_};
     detail::task_scope root_{false};
-    std::vector<std::unique_ptr<worker>> workers_;
-    std::atomic<std::size_t> next_{0};
+    asio::io_context ctx_;
+    asio::executor_work_guard<asio::io_context::executor_type> guard_{ctx_.get_executor()};
+    std::vector<std::thread> workers_;
     detail::blocking_pool blocking_;
 
     // For live_tasks() and the deadlock detector. A task counts as live from

@@ -95,9 +95,9 @@ private:
 
         runtime& rt;
         std::chrono::steady_clock::duration period;
-        asio::steady_timer timer;  // used on its worker only
+        asio::steady_timer timer;  // used on its strand only
         clock_time next;
-        bool stopped = false;  // used on the timer's worker only
+        bool stopped = false;  // used on the timer's strand only
         channel<clock_time> ch{1};
     };
     std::shared_ptr<state> state_;

@@ -195,6 +195,37 @@ TEST_CASE("async: use_awaitable send and recv deliver every value in order, then
     }
 }
 
+// Operations that complete at once resume their coroutine inline, a bounded
+// number of times in a row: a million of them in one coroutine, none ever
+// blocking, must neither overflow the stack nor lose or reorder a value.
+TEST_CASE("async: a coroutine whose operations never block runs a million of them without growing the stack") {
+    asio::io_context io(1);
+    spawner sp;
+    auto ch = csp::make_chan<int>(1);
+    auto sel = csp::make_chan<int>(1);
+    constexpr int n = 1'000'000;
+    long long sum = 0;
+    int selected = 0;
+    sp.spawn(io, [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < n; ++i) {
+            co_await ch.async_send(i, use_awaitable);
+            auto v = co_await ch.async_recv(use_awaitable);
+            if (!v || *v != i) throw std::logic_error("lost or reordered");
+            sum += *v;
+            if (i % 100 == 0) {  // a select that completes at once, too
+                co_await sel.async_send(i, use_awaitable);
+                co_await csp::async_select(use_awaitable,
+                                           csp::on_recv(sel, [&](std::optional<int> w) { selected += w ? 1 : 0; }));
+            }
+        }
+    });
+    io.run();
+    sp.check();
+    CHECK(sp.ended() == 1);
+    CHECK(sum == static_cast<long long>(n) * (n - 1) / 2);
+    CHECK(selected == n / 100);
+}
+
 TEST_CASE("async: several coroutine producers and consumers on several io threads, exact accounting") {
     constexpr int kProducers = 4, kConsumers = 3, kEach = 1500;
     for (int cap : {0, 3}) {

@@ -4,7 +4,8 @@
 // An operation is allocated (from the recycling cache) when it starts. It
 // first tries to complete under the channel's lock, exactly as the blocking
 // face does; if it cannot, it registers its node and waits to be claimed.
-// Either way its completion is posted, never run inline.
+// A completion caused by a peer is posted; one that happens at once runs
+// inline for a coroutine's handler (inline_completion in async_op.hpp).
 #pragma once
 
 #include <mutex>
@@ -42,11 +43,18 @@ public:
     static void start(Handler&& h, std::shared_ptr<chan_state<T>> ch, auto&&... kind_args) {
         async_chan_op* op =
             memory::create(h, std::move(h), std::move(ch), std::forward<decltype(kind_args)>(kind_args)...);
+        bool done_now;
         try {
-            op->attempt();
+            done_now = op->attempt();
         } catch (...) {
             memory::release(op);  // a move threw at initiation: nothing was queued
             throw;
+        }
+        // Outside the try: from here the completion owns op, and what the
+        // resumed coroutine throws is not a failure of the initiation.
+        if (done_now) {
+            inline_completion::scope in;
+            op->complete();
         }
     }
 
@@ -60,7 +68,8 @@ public:
             Kind::dequeue(*ch_, node_);
         } else if (this->result == outcome::retry) {
             this->state.store(waiter::kWaiting, std::memory_order_relaxed);
-            attempt();  // the peer's value failed to move into us: wait for the next one
+            // The peer's value failed to move into us: wait for the next one.
+            if (attempt()) complete();
             return;
         }
         auto args = Kind::results(claimed, this->result);
@@ -69,22 +78,26 @@ public:
     }
 
 private:
-    // Completes now (posting the completion) or registers the node.
-    void attempt() {
+    // Completes now or registers the node. True when it completed now and
+    // the caller is to run the completion inline; when it completed now but
+    // may not run inline, the completion is posted.
+    bool attempt() {
         {
-            wake_list woken;
+            wake_list woken;  // peers are woken (posted) before we go on
             std::lock_guard g(*ch_);
             poll p = Kind::try_now(*ch_, woken);
             if (p == poll::blocked) {
                 this->connect_cancellation();
                 this->note_parked();
                 Kind::enqueue(*ch_, node_);
-                return;
+                return false;
             }
             this->state.store(0, std::memory_order_relaxed);  // claimed by ourselves
             this->result = p == poll::done ? outcome::delivered : outcome::closed;
         }
+        if (inline_completion::allowed<Handler>()) return true;
         wake();
+        return false;
     }
 
     std::shared_ptr<chan_state<T>> ch_;  // keeps the channel alive while we wait on it

@@ -34,6 +34,7 @@
 #include <asio/recycling_allocator.hpp>
 #include <asio/require.hpp>
 #include <asio/system_executor.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <memory>
 #include <type_traits>
@@ -58,11 +59,17 @@ struct completion_traits {
                             asio::execution::outstanding_work.tracked);
     }
 
-    // Runs f on the handler's executor, never inline.
+    // Runs f on the handler's executor, never inline. Marked a continuation:
+    // when the waker is itself a thread of the target io_context (a task of
+    // the runtime waking another), Asio queues f on that thread instead of
+    // waking an idle one, so a hand-off between two tasks stays on one
+    // thread, as Go's `runnext` keeps it on one processor; another thread
+    // joins in only when more work is queued than this one can take.
     template <class F>
     static void post(const work& ex, const Handler& h, F&& f) {
         asio::execution::execute(
             asio::prefer(asio::require(ex, asio::execution::blocking.never),
+                         asio::execution::relationship.continuation,
                          asio::execution::allocator(asio::get_associated_allocator(h))),
             std::forward<F>(f));
     }
@@ -118,6 +125,44 @@ private:
 
     asio::cancellation_slot slot_;
     park_hooks* hooks_ = nullptr;
+};
+
+// The handler of `co_await op(asio::use_awaitable)`: invoking it resumes the
+// coroutine, which Asio allows from inside the operation's initiation.
+template <class Handler>
+inline constexpr bool is_coroutine_handler_v = false;
+template <class Executor, class... Args>
+inline constexpr bool is_coroutine_handler_v<asio::detail::awaitable_handler<Executor, Args...>> = true;
+
+// An operation that completes at once completes inline when its handler is a
+// coroutine's (the coroutine goes on without a trip through the scheduler,
+// as a goroutine does after a channel operation that did not block) and the
+// thread is not already this many inline completions deep; otherwise it
+// posts, so that a loop of operations that never block cannot grow the
+// stack without bound.
+class inline_completion {
+public:
+    static constexpr int kMaxDepth = 16;
+
+    template <class Handler>
+    static bool allowed() noexcept {
+        return is_coroutine_handler_v<Handler> && depth() < kMaxDepth;
+    }
+
+    // Held while an operation completes inline.
+    class scope {
+    public:
+        scope() noexcept { ++depth(); }
+        ~scope() { --depth(); }
+        scope(const scope&) = delete;
+        scope& operator=(const scope&) = delete;
+    };
+
+private:
+    static int& depth() noexcept {
+        thread_local int d = 0;
+        return d;
+    }
 };
 
 // Allocates and frees Op with the allocator associated with its handler.

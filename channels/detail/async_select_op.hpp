@@ -94,11 +94,16 @@ public:
             std::allocator_traits<alloc>::deallocate(a, op, 1);
             throw;
         }
+        bool done_now;
         try {
-            op->attempt();
+            done_now = op->attempt();
         } catch (...) {
             op->drop_ref();
             throw;
+        }
+        if (done_now) {  // outside the try: the completion owns op now
+            inline_completion::scope in;
+            op->complete();
         }
     }
 
@@ -117,7 +122,7 @@ public:
             // stays claimed through pass 1, so the armed timer or stop
             // callback cannot claim us while attempt() completes a case
             // itself; it goes back to waiting only when pass 2 registers.
-            attempt();
+            if (attempt()) complete();
             return;
         }
         disarm();
@@ -156,12 +161,13 @@ private:
         }
     };
 
-    // Pass 1, then either a posted completion or pass 2 (registration).
+    // Pass 1, then either a completion (inline when the caller is to run
+    // it: true; otherwise posted) or pass 2 (registration).
     // Once a node is published, or the timer or stop callback is armed, the
     // completion may run on another thread before this returns: the
     // reference taken here keeps the memory alive until then, and arm_mu_
     // keeps the completion off timer_ and stop_callback_ while they are armed.
-    void attempt() {
+    bool attempt() {
         refs_.fetch_add(1, std::memory_order_relaxed);
         struct unref {
             async_select_op* op;
@@ -189,8 +195,13 @@ private:
                 this->result = how;
             }
         }
-        if (chosen >= 0) wake();
-        else claim_if_due();
+        if (chosen < 0) {
+            claim_if_due();
+            return false;
+        }
+        if (inline_completion::allowed<Handler>()) return true;
+        wake();
+        return false;
     }
 
     // A retry registers again with the timer and the stop callback still

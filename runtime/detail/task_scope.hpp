@@ -4,16 +4,18 @@
 // A task_record lives as long as its task (the task's completion holds the
 // last reference) and, while the task runs, is linked into its scope's list.
 // Cancelling a scope requests its stop_source (plain tasks and stop tokens
-// hear that) and posts, to the worker of each coroutine task, an emit of
+// hear that) and posts, to the strand of each coroutine task, an emit of
 // asio::cancellation_type::terminal on the task's cancellation signal: the
 // channel operation the task is parked in completes with operation_aborted
-// and takes nothing. The emit runs on the task's own single-threaded worker,
-// as Asio requires, and is skipped once the task is done.
+// and takes nothing. The emit runs on the task's own strand, serialised with
+// the task's resumptions as Asio requires, and is skipped once the task is
+// done.
 #pragma once
 
 #include <asio/cancellation_signal.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
+#include <asio/strand.hpp>
 
 #include <condition_variable>
 #include <cstddef>
@@ -21,6 +23,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <system_error>
 
@@ -29,9 +32,10 @@ namespace csp::detail {
 class task_scope;
 
 struct task_record : std::enable_shared_from_this<task_record> {
-    asio::cancellation_signal signal;  // coroutine tasks; used on `worker` only
-    asio::io_context* worker = nullptr;  // null for a plain task
-    bool done = false;                   // set on `worker` by the task's completion
+    using strand_type = asio::strand<asio::io_context::executor_type>;
+    asio::cancellation_signal signal;  // coroutine tasks; used on `strand` only
+    std::optional<strand_type> strand;  // a coroutine task's; empty for a plain task
+    bool done = false;                  // set on `strand` by the task's completion
     task_scope* scope = nullptr;
     task_record* prev = nullptr;  // guarded by scope->mu_
     task_record* next = nullptr;  // guarded by scope->mu_
@@ -124,8 +128,8 @@ private:
         cancelled_ = true;
         stop_.request_stop();
         for (task_record* r = head_; r; r = r->next) {
-            if (!r->worker) continue;
-            asio::post(*r->worker, [keep = r->shared_from_this()] {
+            if (!r->strand) continue;
+            asio::post(*r->strand, [keep = r->shared_from_this()] {
                 if (!keep->done) keep->signal.emit(asio::cancellation_type::terminal);
             });
         }
