@@ -87,6 +87,7 @@ private:
             std::lock_guard g(*ch_);
             poll p = Kind::try_now(*ch_, woken);
             if (p == poll::blocked) {
+                this->track_work();
                 this->connect_cancellation();
                 this->note_parked();
                 Kind::enqueue(*ch_, node_);

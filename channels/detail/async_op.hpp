@@ -37,6 +37,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -82,9 +83,15 @@ class async_waiter : public waiter {
 protected:
     using traits = completion_traits<Handler>;
 
-    explicit async_waiter(Handler&& h)
-        : handler_(std::move(h)), work_(traits::track(handler_)) {}
+    explicit async_waiter(Handler&& h) : handler_(std::move(h)) {}
     ~async_waiter() = default;
+
+    // Called first when the operation is going to wait, before anyone can
+    // claim it: from here on it keeps its executor's work tracked (an
+    // operation that completes at once never pays for that).
+    void track_work() noexcept {
+        if (!work_) work_.emplace(traits::track(handler_));
+    }
 
     // Counts this operation as parked in the current runtime, if any, when
     // only a peer can complete it (no timeout, no stop case).
@@ -106,11 +113,13 @@ protected:
     template <class F>
     void post(F&& f) noexcept {
         if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
-        traits::post(work_, handler_, std::forward<F>(f));
+        // Unset only for an operation that completed at once, on its own thread.
+        if (!work_) work_.emplace(traits::track(handler_));
+        traits::post(*work_, handler_, std::forward<F>(f));
     }
 
     Handler handler_;
-    typename traits::work work_;
+    std::optional<typename traits::work> work_;  // engaged once the operation parks or posts
 
 private:
     struct cancel_claim {

@@ -182,6 +182,7 @@ private:
             chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);
             if (chosen < 0) {  // pass 2
                 registered_ = true;
+                this->track_work();
                 this->connect_cancellation();
                 this->note_parked(plan_.timeout < 0 && plan_.stop < 0);
                 for (int j = 0; j < plan_.polled; ++j)
