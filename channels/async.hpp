@@ -24,11 +24,18 @@
 
 namespace csp::detail {
 
+// Asio invokes an initiation once, as an rvalue: the channel reference then
+// moves on into the operation (one reference count pair per operation).
 template <class T, class Kind, class... KindArgs>
 struct initiate_chan_op {
     std::shared_ptr<chan_state<T>> ch;
     template <class Handler, class... Args>
-    void operator()(Handler&& h, Args&&... args) const {
+    void operator()(Handler&& h, Args&&... args) && {
+        using op = async_chan_op<T, std::decay_t<Handler>, Kind>;
+        op::start(std::forward<Handler>(h), std::move(ch), std::forward<Args>(args)...);
+    }
+    template <class Handler, class... Args>
+    void operator()(Handler&& h, Args&&... args) const& {
         using op = async_chan_op<T, std::decay_t<Handler>, Kind>;
         op::start(std::forward<Handler>(h), ch, std::forward<Args>(args)...);
     }
