@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include "tsan_suppressions.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
