@@ -49,6 +49,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tsan_suppressions.hpp"
 
 namespace {
@@ -65,14 +66,7 @@ constexpr bool kSanitizedBuild = false;
 constexpr int kBaseOps = 5'000;
 #endif
 
-int scale() {
-    static const int n = [] {
-        const char* e = std::getenv("CSP_STRESS_ITERS");
-        int v = e ? std::atoi(e) : 1;
-        return v > 0 ? v : 1;
-    }();
-    return n;
-}
+int scale() { return csp_test::stress_iters(); }
 
 int ops() { return kBaseOps * scale(); }
 
@@ -96,6 +90,31 @@ void cpu_relax() noexcept {
 
 void spin(unsigned n) {
     for (unsigned i = 0; i < n; ++i) cpu_relax();
+}
+
+// Offers v with try_send until the channel takes it (true) or `done` is set
+// first (false), yielding the CPU every `yield_every` tries.
+template <class T>
+bool offer_until(const csp::channel<T>& ch, T&& v, const std::atomic<bool>& done,
+                 unsigned yield_every = 32) {
+    unsigned tries = 0;
+    while (ch.try_send(std::move(v)) != csp::status::ok) {
+        if (done.load(std::memory_order_acquire)) return false;
+        if (++tries % yield_every == 0) std::this_thread::yield();
+        else cpu_relax();
+    }
+    return true;
+}
+
+// A thread that sends 0, 1, 2, ... through offer_until until `done`; `sent`
+// counts the values the channel took (read it after join()).
+std::thread spinning_sender(const csp::channel<int>& ch, const std::atomic<bool>& done, long& sent) {
+    return std::thread([&ch, &done, &sent] {
+        for (int seq = 0;; ++seq) {
+            if (!offer_until(ch, int(seq), done)) return;
+            sent = seq + 1;
+        }
+    });
 }
 
 // How long the canceller waits before it emits: from at once to long after
@@ -266,12 +285,7 @@ recv_race_result recv_race(int capacity, send_style ss, op_style os, unsigned se
     std::thread sender([&] {
         for (int seq = 0;; ++seq) {
             if (ss == send_style::try_send) {
-                unsigned tries = 0;
-                while (ch.try_send(seq) != csp::status::ok) {
-                    if (receiver_done.load(std::memory_order_acquire)) return;
-                    if (++tries % 64 == 0) std::this_thread::yield();
-                    else cpu_relax();
-                }
+                if (!offer_until(ch, int(seq), receiver_done, 64)) return;
             } else if (ch.send(int(seq), stop_sender.get_token()) != csp::status::ok) {
                 return;
             }
@@ -505,12 +519,7 @@ TEST_CASE("cancel race: async_select over two channels cancelled while two threa
             senders.emplace_back([&, c] {
                 for (int seq = 0;; ++seq) {
                     if (c == 0) {
-                        unsigned tries = 0;
-                        while (chs[0].try_send(seq) != csp::status::ok) {
-                            if (receiver_done.load(std::memory_order_acquire)) return;
-                            if (++tries % 32 == 0) std::this_thread::yield();
-                            else cpu_relax();
-                        }
+                        if (!offer_until(chs[0], int(seq), receiver_done)) return;
                     } else if (chs[1].send(int(seq), stop_senders.get_token()) != csp::status::ok) {
                         return;
                     }
@@ -602,17 +611,7 @@ TEST_CASE("cancel race: async_select timeouts racing with a sender: nothing lost
         int done_ops = 0;
         std::atomic<bool> receiver_done{false};
         long sent = 0;
-        std::thread sender([&] {
-            for (int seq = 0;; ++seq) {
-                unsigned tries = 0;
-                while (ch.try_send(seq) != csp::status::ok) {
-                    if (receiver_done.load(std::memory_order_acquire)) return;
-                    if (++tries % 32 == 0) std::this_thread::yield();
-                    else cpu_relax();
-                }
-                sent = seq + 1;
-            }
-        });
+        std::thread sender = spinning_sender(ch, receiver_done, sent);
         asio::co_spawn(
             io,
             [&]() -> asio::awaitable<void> {
@@ -666,17 +665,7 @@ TEST_CASE("cancel race: async_select stop cases racing with a sender: nothing lo
         int done_ops = 0;
         std::atomic<bool> receiver_done{false};
         long sent = 0;
-        std::thread sender([&] {
-            for (int seq = 0;; ++seq) {
-                unsigned tries = 0;
-                while (ch.try_send(seq) != csp::status::ok) {
-                    if (receiver_done.load(std::memory_order_acquire)) return;
-                    if (++tries % 32 == 0) std::this_thread::yield();
-                    else cpu_relax();
-                }
-                sent = seq + 1;
-            }
-        });
+        std::thread sender = spinning_sender(ch, receiver_done, sent);
         {
             adaptive_spin wait;
             stop_canceller canceller(seed, wait);
@@ -747,13 +736,8 @@ TEST_CASE("cancel race: recv(stop_token) racing with sends: nothing lost or dupl
                     item v(seq);
                     if (blocking_sender) {
                         if (ch.send(std::move(v), stop_sender.get_token()) != csp::status::ok) return;
-                    } else {
-                        unsigned tries = 0;
-                        while (ch.try_send(std::move(v)) != csp::status::ok) {
-                            if (receiver_done.load(std::memory_order_acquire)) return;
-                            if (++tries % 32 == 0) std::this_thread::yield();
-                            else cpu_relax();
-                        }
+                    } else if (!offer_until(ch, std::move(v), receiver_done)) {
+                        return;
                     }
                     sent = seq + 1;
                 }

@@ -38,18 +38,13 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
 
-int scale() {
-    static const int n = [] {
-        const char* e = std::getenv("CSP_STRESS_ITERS");
-        int v = e ? std::atoi(e) : 1;
-        return v > 0 ? v : 1;
-    }();
-    return n;
-}
+int scale() { return csp_test::stress_iters(); }
 
 unsigned fresh_seed() { return std::random_device{}(); }
 
