@@ -30,6 +30,7 @@
 
 #include "../errors.hpp"
 #include "../status.hpp"
+#include "chan_lock.hpp"
 #include "ring.hpp"
 #include "wait.hpp"
 #include "waiter.hpp"
@@ -39,11 +40,11 @@ namespace csp::detail {
 // The part of a channel that select needs without knowing T: its lock.
 class chan_base {
 public:
-    void lock() { mu_.lock(); }
+    void lock() noexcept { mu_.lock(); }
     void unlock() noexcept { mu_.unlock(); }
 
 protected:
-    std::mutex mu_;
+    chan_lock mu_;
 };
 
 // What an attempt made under the lock found.
@@ -141,6 +142,19 @@ public:
         if (closed_) return false;
         close_locked(woken);
         return true;
+    }
+
+    // A send or receive that completes now or not at all, reporting what it
+    // found; peers it completes are woken once the lock is released.
+    poll send_now(T& v) {
+        wake_list woken;
+        std::lock_guard g(mu_);
+        return send_locked(v, woken);
+    }
+    poll recv_now(std::optional<T>& out) {
+        wake_list woken;
+        std::lock_guard g(mu_);
+        return recv_locked(out, woken);
     }
 
     status try_send(T& v) {
