@@ -15,6 +15,11 @@
 #pragma once
 
 #include <asio/async_result.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <system_error>
+#include <type_traits>
 
 #include "chan.hpp"
 #include "detail/async_chan_ops.hpp"
@@ -48,20 +53,92 @@ const std::shared_ptr<chan_state<T>>& live_shared(const std::shared_ptr<chan_sta
     return s;
 }
 
+// ---- co_await with use_awaitable: operations that complete now do not suspend ----
+//
+// With asio::use_awaitable the operations are coroutines of their own that
+// first try to complete at once, under the channel's lock, and go through
+// async_initiate (an operation node, a handler, a resumption through the
+// task's executor) only when they must wait. A goroutine's channel operation
+// that does not block costs a lock and a copy; so does this one, plus one
+// awaitable frame from Asio's per-thread cache. Results, errors and
+// cancellation are those of the general path: the caller's co_await checks
+// its cancellation state first, as for any awaitable, and a send on a
+// closed channel throws std::system_error(errc::closed).
+
+template <class Token>
+inline constexpr bool is_use_awaitable_v = false;
+template <class Executor>
+inline constexpr bool is_use_awaitable_v<asio::use_awaitable_t<Executor>> = true;
+
+template <class T, class Executor>
+asio::awaitable<std::optional<T>, Executor> awaitable_recv(std::shared_ptr<chan_state<T>> ch) {
+    std::optional<T> out;
+    switch (ch->recv_now(out)) {
+        case poll::done: co_return out;
+        case poll::closed: co_return std::nullopt;
+        case poll::blocked: break;
+    }
+    // Named, not temporaries inside the co_await: g++ 12 may destroy an
+    // aggregate temporary there twice (README, "A g++ 12 pitfall").
+    initiate_chan_op<T, recv_kind<T>> init{std::move(ch)};
+    const asio::use_awaitable_t<Executor> token;
+    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
+                                   void(std::error_code, std::optional<T>)>(std::move(init), token);
+    co_return co_await std::move(op);
+}
+
+// Sends v (the caller's object, or for an rvalue one the frame owns),
+// moving from it only on success.
+template <class T, class Executor, class V>
+asio::awaitable<void, Executor> awaitable_send(std::shared_ptr<chan_state<T>> ch, V v) {
+    T& value = [&]() -> T& {
+        if constexpr (std::is_pointer_v<V>) return *v;
+        else return v;
+    }();
+    switch (ch->send_now(value)) {
+        case poll::done: co_return;
+        case poll::closed: throw std::system_error(make_error_code(errc::closed));
+        case poll::blocked: break;
+    }
+    initiate_chan_op<T, send_kind<T, false>> init{std::move(ch)};
+    const asio::use_awaitable_t<Executor> token;
+    T* where = &value;
+    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&, void(std::error_code)>(
+        std::move(init), token, where);
+    co_await std::move(op);
+}
+
+template <class Token>
+struct awaitable_executor;
+template <class Executor>
+struct awaitable_executor<asio::use_awaitable_t<Executor>> {
+    using type = Executor;
+};
+
 template <class T, class Self>
 template <class Token>
 auto send_api<T, Self>::async_send(T&& v, Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_send");
-    return asio::async_initiate<Token, void(std::error_code)>(
-        initiate_chan_op<T, send_kind<T, true>>{s}, token, std::move(v));
+    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+        using ex = typename awaitable_executor<std::decay_t<Token>>::type;
+        return awaitable_send<T, ex, T>(s, std::move(v));
+    } else {
+        return asio::async_initiate<Token, void(std::error_code)>(
+            initiate_chan_op<T, send_kind<T, true>>{s}, token, std::move(v));
+    }
 }
 
 template <class T, class Self>
 template <class Token>
 auto send_api<T, Self>::async_send(T& v, Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_send");
-    return asio::async_initiate<Token, void(std::error_code)>(
-        initiate_chan_op<T, send_kind<T, false>>{s}, token, &v);
+    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+        using ex = typename awaitable_executor<std::decay_t<Token>>::type;
+        return awaitable_send<T, ex, T*>(s, &v);
+    } else {
+        return asio::async_initiate<Token, void(std::error_code)>(
+            initiate_chan_op<T, send_kind<T, false>>{s}, token, &v);
+    }
 }
 
 template <class T, class Self>
@@ -76,8 +153,12 @@ template <class T, class Self>
 template <class Token>
 auto recv_api<T, Self>::async_recv(Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_recv");
-    return asio::async_initiate<Token, void(std::error_code, std::optional<T>)>(
-        initiate_chan_op<T, recv_kind<T>>{s}, token);
+    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+        return awaitable_recv<T, typename awaitable_executor<std::decay_t<Token>>::type>(s);
+    } else {
+        return asio::async_initiate<Token, void(std::error_code, std::optional<T>)>(
+            initiate_chan_op<T, recv_kind<T>>{s}, token);
+    }
 }
 
 }  // namespace csp::detail
@@ -93,6 +174,33 @@ struct initiate_select {
                                                                std::move(cases));
     }
 };
+
+// co_await async_select(use_awaitable, ...): pass 1 (a ready case, the
+// default, an expired deadline) runs without suspending, as a goroutine's
+// select that finds a case ready does; only a select that must wait becomes
+// an operation.
+template <class Executor, class Storage>
+asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
+    int chosen;
+    outcome how;
+    {
+        const select_plan plan(cases.cases(), cases.size(), cases.locks(), cases.order());
+        plan.shuffle(cases.order());
+        wake_list woken;  // destroyed after `held`: wakes run unlocked
+        lock_set held(cases.locks(), plan.nlocks);
+        chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
+    }
+    if (chosen >= 0) {
+        cases.cases()[chosen]->run(how);  // a handler's exception leaves through co_await
+        co_return static_cast<std::size_t>(chosen);
+    }
+    initiate_select<Storage> init;
+    const asio::use_awaitable_t<Executor> token;
+    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
+                                   void(std::exception_ptr, std::size_t)>(init, token,
+                                                                          std::move(cases));
+    co_return co_await std::move(op);
+}
 }  // namespace detail
 
 // An asynchronous select, as an Asio operation: the same cases and the same
@@ -114,8 +222,13 @@ template <class Token, detail::select_case... C>
     requires(sizeof...(C) > 0)
 auto async_select(Token&& token, C&&... cases) {
     using storage = detail::owned_cases<std::remove_cvref_t<C>...>;
-    return asio::async_initiate<Token, void(std::exception_ptr, std::size_t)>(
-        detail::initiate_select<storage>{}, token, storage(std::forward<C>(cases)...));
+    if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
+        using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
+        return detail::awaitable_select<ex>(storage(std::forward<C>(cases)...));
+    } else {
+        return asio::async_initiate<Token, void(std::exception_ptr, std::size_t)>(
+            detail::initiate_select<storage>{}, token, storage(std::forward<C>(cases)...));
+    }
 }
 
 // The same over a range of cases built at run time; the caller keeps the
@@ -125,9 +238,14 @@ template <class Token, std::ranges::forward_range R>
 auto async_select(Token&& token, R& cases) {
     std::vector<detail::case_base*> cs;
     for (auto&& c : cases) cs.push_back(detail::as_case(c));
-    return asio::async_initiate<Token, void(std::exception_ptr, std::size_t)>(
-        detail::initiate_select<detail::borrowed_cases>{}, token,
-        detail::borrowed_cases(std::move(cs)));
+    if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
+        using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
+        return detail::awaitable_select<ex>(detail::borrowed_cases(std::move(cs)));
+    } else {
+        return asio::async_initiate<Token, void(std::exception_ptr, std::size_t)>(
+            detail::initiate_select<detail::borrowed_cases>{}, token,
+            detail::borrowed_cases(std::move(cs)));
+    }
 }
 
 }  // namespace csp
