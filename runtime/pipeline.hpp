@@ -30,6 +30,8 @@
 // elastic pool of threads, never holding a coroutine worker.
 #pragma once
 
+#include <asio/cancellation_state.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
@@ -156,7 +158,8 @@ public:
                 U u = co_await detail::call_stage(f, std::move(x));
                 co_await emit(std::move(u));
             },
-            detail::if_plain<F, T>([f](T x, auto emit) mutable { return emit(f(std::move(x))); }));
+            detail::if_plain<F, T>([f](T x, auto emit) mutable { return emit(f(std::move(x))); }),
+            detail::if_plain<F, T>([f](auto x) mutable -> std::optional<U> { return f(std::move(x)); }));
     }
 
     // The values for which pred(value) is true.
@@ -170,6 +173,10 @@ public:
             },
             detail::if_plain<P, const T&>([pred](T x, auto emit) mutable {
                 return pred(static_cast<const T&>(x)) ? emit(std::move(x)) : true;
+            }),
+            detail::if_plain<P, const T&>([pred](auto x) mutable -> std::optional<T> {
+                if (!pred(std::as_const(x))) return std::nullopt;
+                return std::optional<T>(std::move(x));
             }));
     }
 
@@ -261,23 +268,37 @@ public:
         return result;
     }
 
-    // ---- sinks: on the calling thread; each rethrows the pipeline's first error ----
+    // ---- sinks: each rethrows the pipeline's first error ----
+    //
+    // for_each, collect and reduce consume in a task of the pipeline (one
+    // call of f at a time, in arrival order) while the calling thread waits
+    // for the whole pipeline: each value then passes from task to task, as
+    // between two goroutines, instead of waking a parked thread per value.
+    // So f runs on a runtime worker, like a stage function: it should not
+    // block for long. drain() is the sink that runs on the calling thread.
+    // Like drain(), the sink task is not cancelled with the pipeline: it
+    // takes every value sent before a failure and ends when its input
+    // closes, which the cancelled upstream stages do.
 
     template <class T, class F>
     void for_each(receiver<T> in, F f) {
-        for (auto& v : drain(std::move(in))) f(std::move(v));
+        group_.go([in = std::move(in), &f]() -> asio::awaitable<void> {
+            co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
+            while (auto v = co_await in.async_recv(asio::use_awaitable)) f(std::move(*v));
+        });
+        wait();
     }
 
     template <class T>
     std::vector<T> collect(receiver<T> in) {
         std::vector<T> all;
-        for (auto& v : drain(std::move(in))) all.push_back(std::move(v));
+        for_each(std::move(in), [&all](T v) { all.push_back(std::move(v)); });
         return all;
     }
 
     template <class T, class A, class F>
     A reduce(receiver<T> in, A init, F f) {
-        for (auto& v : drain(std::move(in))) init = f(std::move(init), std::move(v));
+        for_each(std::move(in), [&](T v) { init = f(std::move(init), std::move(v)); });
         return init;
     }
 
@@ -302,9 +323,14 @@ private:
     // step is `co_await step(x, emit)` with `co_await emit(u)` sending u; the
     // blocking one (o.blocking, plain functions only) is `step(x, emit)` with
     // emit(u) returning false once the pipeline is cancelled.
-    template <class T, class U, class AsyncStep, class BlockingStep>
+    //
+    // A plain map or filter also gives an inline step, x -> std::optional<U>
+    // (nullopt: nothing to send), which its workers call directly: a
+    // coroutine step costs a coroutine frame per value. The steps are
+    // generic lambdas, so that a body is compiled only where it is used.
+    template <class T, class U, class AsyncStep, class BlockingStep, class InlineStep = std::nullptr_t>
     receiver<U> run_stage(receiver<T> in, const stage_options& o, AsyncStep async_step,
-                          BlockingStep blocking_step) {
+                          BlockingStep blocking_step, InlineStep inline_step = nullptr) {
         auto out = make_chan<U>(o.capacity);
         // Workers close `out` when the last of them ends; the copy held here
         // until all have started keeps an early finisher from closing it.
@@ -321,6 +347,13 @@ private:
                 } else {
                     throw error("csp: a stage with .blocking = true needs a plain function");
                 }
+            } else if constexpr (!std::is_null_pointer_v<InlineStep>) {
+                group_.go([in, tx = closer, inline_step]() mutable -> asio::awaitable<void> {
+                    while (auto v = co_await in.async_recv(asio::use_awaitable)) {
+                        std::optional<U> u = inline_step(std::move(*v));
+                        if (u) co_await tx.async_send(std::move(*u), asio::use_awaitable);
+                    }
+                });
             } else {
                 group_.go([in, tx = closer, async_step]() mutable -> asio::awaitable<void> {
                     auto emit = [&tx](U u) { return tx.async_send(std::move(u), asio::use_awaitable); };

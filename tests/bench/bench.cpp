@@ -402,10 +402,10 @@ result pipeline(i64 n) {
     auto s2 = p.map(s1, [](i64 x) { return x * 2; }, o);
     auto s3 = p.map(s2, [](i64 x) { return x - 1; }, o);
     result r{0, 0, n * n};
-    for (i64 v : p.drain(s3)) {
+    p.for_each(s3, [&r](i64 v) {
         r.sum += v;
         ++r.count;
-    }
+    });
     return r;
 }
 
@@ -414,15 +414,15 @@ result pipeline_par(i64 n) {
     auto src = p.source(std::views::iota(i64{0}, n), 128);
     auto out = p.map(src, [](i64 x) { return x * x % par_mod; }, {.workers = 4, .capacity = 128});
     result r{0, 0, want_par_cache.at(n)};
-    for (i64 v : p.drain(out)) {
+    p.for_each(out, [&r](i64 v) {
         r.sum += v;
         ++r.count;
-    }
+    });
     return r;
 }
 
-// By hand: the same tasks and channels, written with rt().go; the sink is
-// the calling thread, as with the stage API's drain().
+// By hand: the same tasks and channels, written with rt().go; the sink is a
+// task too, as with the stage API's for_each().
 template <class F>
 csp::receiver<i64> hand_stage(csp::receiver<i64> in, F f, unsigned workers = 1) {
     auto out = csp::make_chan<i64>(128);
@@ -443,27 +443,30 @@ csp::receiver<i64> hand_source(i64 n) {
     return src;
 }
 
+// Receives everything in a task; returns once every task has ended.
+void hand_sink(csp::receiver<i64> in, result& r) {
+    rt().go([in, &r]() -> aw<void> {
+        while (auto v = co_await in.async_recv(use_awaitable)) {
+            r.sum += *v;
+            ++r.count;
+        }
+    });
+    rt().wait();
+}
+
 result pipeline_hand(i64 n) {
     auto s1 = hand_stage(hand_source(n), [](i64 x) { return x + 1; });
     auto s2 = hand_stage(s1, [](i64 x) { return x * 2; });
     auto s3 = hand_stage(s2, [](i64 x) { return x - 1; });
     result r{0, 0, n * n};
-    for (i64 v : s3) {
-        r.sum += v;
-        ++r.count;
-    }
-    rt().wait();
+    hand_sink(s3, r);
     return r;
 }
 
 result pipeline_par_hand(i64 n) {
     auto out = hand_stage(hand_source(n), [](i64 x) { return x * x % par_mod; }, 4);
     result r{0, 0, want_par_cache.at(n)};
-    for (i64 v : out) {
-        r.sum += v;
-        ++r.count;
-    }
-    rt().wait();
+    hand_sink(out, r);
     return r;
 }
 
