@@ -91,6 +91,7 @@ private:
                 this->connect_cancellation();
                 this->note_parked();
                 Kind::enqueue(*ch_, node_);
+                ch_->recheck_locked(woken);
                 return false;
             }
             this->state.store(0, std::memory_order_relaxed);  // claimed by ourselves

@@ -190,6 +190,7 @@ private:
                 // Claimable from here on (after a retry it was still claimed):
                 // everything above happens-before any claimer's CAS.
                 this->state.store(waiter::kWaiting, std::memory_order_release);
+                for (int j = 0; j < plan_.polled; ++j) cases_.cases()[cases_.order()[j]]->recheck(woken);
                 arm();
             } else {
                 this->state.store(chosen, std::memory_order_relaxed);

@@ -1,24 +1,47 @@
 // csp::detail::chan_state — the state that all handles of one channel share.
 //
-// One mutex guards everything mutable (Go's hchan: "lock protects all fields").
-// Buffered (capacity >= 1): a ring; receivers take from it, senders wait
-// while it is full, and a receiver that frees a slot moves the oldest waiting
-// sender's value into it, so each sender's values stay in FIFO order.
-// Unbuffered (capacity 0): the ring is always "full", so a sender hands its
-// value straight to a waiting receiver or waits until one claims it.
+// One lock guards the queues of waiting senders and receivers and the
+// closed flag (Go's hchan: "lock protects all fields"). The buffer is one of
+// two kinds:
 //
-// Invariants (under mu_):
+//   - A lock-free ring (lf_ring.hpp) for a buffered channel whose values
+//     move without throwing (ints, pointers, strings, unique_ptrs: nearly
+//     all). A send or receive that finds room or a value completes without
+//     the lock; the lock is taken only to meet a waiting party.
+//   - A plain ring under the lock (ring.hpp) otherwise: an unbuffered
+//     channel (capacity 0: the ring is always "full", so a sender hands its
+//     value straight to a waiting receiver or waits until one claims it),
+//     or a T whose move may throw.
+//
+// With the lock-free ring, nobody must sleep while the ring could serve
+// them, though pushes and pops do not take the lock. The rule that keeps
+// this (Dekker's, with seq_cst fences on both sides):
+//   - a party that registers as waiting does so under the lock, then,
+//     after a fence and still under the lock, looks at the ring again
+//     (recheck_locked): values for waiting receivers, room for waiting
+//     senders are handed over there, possibly to itself;
+//   - a lock-free push (pop), after a fence, reads the number of waiting
+//     receivers (senders); if any, it takes the lock and hands over the
+//     same way.
+// Either the pusher sees the registration or the registrant sees the value.
+// A waiter claimed for a value that a lock-free party took first is woken
+// with outcome::retry and runs its operation again.
+//
+// Invariants (under mu_), for the plain ring:
 //   !buf_.empty()  implies no live receiver waits (a send hands off first).
 //   !buf_.full()   implies no live sender waits (a receive refills first).
-//   closed_        implies no live waiter of either kind (close claimed them).
+// For the lock-free ring these hold once every hand-over due has run.
+//   closed_        implies no live waiter of either kind (close claimed them)
+//                  and, with the lock-free ring, its close mark set.
 //   A queue may hold dead nodes (waiters claimed elsewhere); they are dropped
 //   by whoever meets them and never count as waiting.
 //
-// Values move under the lock, as in Go (the element copy in chan.go happens
-// under c.lock): a T whose move constructor uses a channel would deadlock.
-// If a move throws, the exception goes to the operation that owned the value
-// (the sender, or a receiver taking from the ring) and nothing else changes:
-// a receiver that was about to get the value runs its operation again.
+// Values move under the lock for the plain ring, as in Go (the element copy
+// in chan.go happens under c.lock): a T whose move constructor uses a
+// channel would deadlock. If a move throws, the exception goes to the
+// operation that owned the value (the sender, or a receiver taking from the
+// ring) and nothing else changes: a receiver that was about to get the value
+// runs its operation again.
 #pragma once
 
 #include <atomic>
@@ -26,11 +49,13 @@
 #include <mutex>
 #include <optional>
 #include <stop_token>
+#include <type_traits>
 #include <utility>
 
 #include "../errors.hpp"
 #include "../status.hpp"
 #include "chan_lock.hpp"
+#include "lf_ring.hpp"
 #include "ring.hpp"
 #include "wait.hpp"
 #include "waiter.hpp"
@@ -47,6 +72,28 @@ protected:
     chan_lock mu_;
 };
 
+// The lock-free ring exists only for T whose move cannot throw.
+template <class T, bool LockFree>
+struct lf_ring_of {
+    using storage = std::optional<lf_ring<T>>;
+    using result = typename lf_ring<T>::result;
+};
+template <class T>
+struct lf_ring_of<T, false> {
+    enum class result { ok, full_or_empty, closed };
+    // Never used (lock_free() is false): the ring's interface, so that the
+    // code that uses the ring compiles for every T.
+    struct storage {
+        result push(T&) noexcept { return result::full_or_empty; }
+        result pop(std::optional<T>&) noexcept { return result::full_or_empty; }
+        bool close() noexcept { return false; }
+        bool has_value() const noexcept { return false; }
+        bool has_room() const noexcept { return false; }
+        std::size_t size() const noexcept { return 0; }
+        std::size_t capacity() const noexcept { return 0; }
+    };
+};
+
 // What an attempt made under the lock found.
 enum class poll { done, closed, blocked };
 
@@ -56,11 +103,21 @@ inline constexpr int kStopped = -3;
 
 template <class T>
 class chan_state : public chan_base {
-public:
-    explicit chan_state(std::size_t capacity) : buf_(capacity) {}
+    // Whether a buffered channel of T uses the lock-free ring.
+    static constexpr bool kLockFreeType = std::is_nothrow_move_constructible_v<T>;
 
-    std::size_t capacity() const noexcept { return buf_.capacity(); }  // immutable
+public:
+    explicit chan_state(std::size_t capacity) : buf_(kLockFreeType ? 0 : capacity) {
+        if constexpr (kLockFreeType)
+            if (capacity > 0) lf_.emplace(capacity);
+    }
+
+    std::size_t capacity() const noexcept {  // immutable
+        if (lock_free()) return lf().capacity();
+        return buf_.capacity();
+    }
     std::size_t size() {
+        if (lock_free()) return lf().size();
         std::lock_guard g(mu_);
         return buf_.size();
     }
@@ -75,6 +132,21 @@ public:
     // Moves from v only when it returns done.
     poll send_locked(T& v, wake_list& woken) {
         if (closed_) return poll::closed;
+        if (lock_free()) {
+            // Straight to a waiting receiver only when the ring holds no
+            // older value that is due to it first.
+            if (!lf().has_value())
+                if (wait_node* r = receivers_.claim_front()) {
+                    static_cast<std::optional<T>*>(r->slot)->emplace(std::move(v));
+                    woken.add(*r->owner, outcome::delivered);
+                    return poll::done;
+                }
+            switch (lf().push(v)) {
+                case ring_result::ok: kick_locked(woken); return poll::done;
+                case ring_result::closed: return poll::closed;
+                case ring_result::full_or_empty: return poll::blocked;
+            }
+        }
         if (wait_node* r = receivers_.claim_front()) {
             try {
                 static_cast<std::optional<T>*>(r->slot)->emplace(std::move(v));
@@ -95,6 +167,20 @@ public:
     // Requires mu_. Receives into `out` now if the ring or a waiting sender
     // has a value; reports closed only once the ring is drained.
     poll recv_locked(std::optional<T>& out, wake_list& woken) {
+        if (lock_free()) {
+            switch (lf().pop(out)) {
+                case ring_result::ok: refill_locked(woken); return poll::done;
+                case ring_result::closed: return poll::closed;
+                case ring_result::full_or_empty: break;
+            }
+            // Empty: a sender still waiting (its hand-over is due) is the oldest.
+            if (wait_node* s = senders_.claim_front()) {
+                out.emplace(std::move(*static_cast<T*>(s->slot)));
+                woken.add(*s->owner, outcome::delivered);
+                return poll::done;
+            }
+            return closed_ ? poll::closed : poll::blocked;
+        }
         if (!buf_.empty()) {
             out.emplace(std::move(buf_.front()));  // a throw leaves the ring unchanged
             buf_.pop_front();
@@ -114,10 +200,23 @@ public:
         return closed_ ? poll::closed : poll::blocked;
     }
 
+    // Requires mu_, after this call (or a select) registered a waiter here
+    // and before it releases the lock: hands over what the lock-free ring
+    // can give the waiters now (see the top of this file).
+    void recheck_locked(wake_list& woken) {
+        if (!lock_free()) return;
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        kick_locked(woken);
+    }
+
     // Requires mu_. Throws closed_error if already closed.
     void close_locked(wake_list& woken) {
         if (closed_) throw closed_error("csp: close of a closed channel");
         closed_ = true;
+        if (lock_free()) {
+            lf().close();       // no push gets in after this
+            kick_locked(woken);  // values already in the ring go to who waits
+        }
         while (wait_node* r = receivers_.claim_front()) woken.add(*r->owner, outcome::closed);
         while (wait_node* s = senders_.claim_front()) woken.add(*s->owner, outcome::closed);
     }
@@ -147,17 +246,27 @@ public:
     // A send or receive that completes now or not at all, reporting what it
     // found; peers it completes are woken once the lock is released.
     poll send_now(T& v) {
+        if (lock_free()) return send_fast(v);
         wake_list woken;
         std::lock_guard g(mu_);
         return send_locked(v, woken);
     }
     poll recv_now(std::optional<T>& out) {
+        if (lock_free())
+            if (poll p = recv_fast(out); p != poll::blocked) return p;
         wake_list woken;
         std::lock_guard g(mu_);
         return recv_locked(out, woken);
     }
 
     status try_send(T& v) {
+        if (lock_free()) {
+            switch (send_fast(v)) {
+                case poll::done: return status::ok;
+                case poll::closed: return status::closed;
+                case poll::blocked: return status::would_block;
+            }
+        }
         wake_list woken;
         std::lock_guard g(mu_);
         switch (send_locked(v, woken)) {
@@ -171,6 +280,13 @@ public:
     // Receives into the caller's final object, so that no move can throw
     // once the value has left the channel.
     void try_recv(recv_result<T>& r) {
+        if (lock_free()) {
+            switch (recv_fast(r.value())) {
+                case poll::done: r.set_state(status::ok); return;
+                case poll::closed: r.set_state(status::closed); return;
+                case poll::blocked: break;  // a sender may wait with the ring empty
+            }
+        }
         wake_list woken;
         std::lock_guard g(mu_);
         switch (recv_locked(r.value(), woken)) {
@@ -183,6 +299,13 @@ public:
     // Blocks until sent, closed, past the deadline or stopped. Moves from v
     // only when it returns ok.
     status send(T& v, const steady_time* deadline, const std::stop_token* stop) {
+        if (lock_free()) {
+            switch (send_fast(v)) {
+                case poll::done: return status::ok;
+                case poll::closed: return status::closed;
+                case poll::blocked: break;
+            }
+        }
         for (;;) {
             thread_waiter w;
             wait_node n;
@@ -198,6 +321,7 @@ public:
                 }
                 if (status s = gave_up(deadline, stop); s != status::ok) return s;
                 senders_.push_back(n);
+                recheck_locked(woken);
             }
             int c = wait_claimed(w, deadline, kTimedOut, stop, kStopped);
             if (c < 0) return withdraw(senders_, n, c);
@@ -215,6 +339,13 @@ public:
     // moved once, straight into `out`, the caller's final object: once it
     // has left the channel no further move can throw it away.
     status recv(std::optional<T>& out, const steady_time* deadline, const std::stop_token* stop) {
+        if (lock_free()) {
+            switch (recv_fast(out)) {
+                case poll::done: return status::ok;
+                case poll::closed: return status::closed;
+                case poll::blocked: break;
+            }
+        }
         for (;;) {
             thread_waiter w;
             wait_node n;
@@ -230,6 +361,7 @@ public:
                 }
                 if (status s = gave_up(deadline, stop); s != status::ok) return s;
                 receivers_.push_back(n);
+                recheck_locked(woken);
             }
             int c = wait_claimed(w, deadline, kTimedOut, stop, kStopped);
             if (c < 0) return withdraw(receivers_, n, c);
@@ -268,9 +400,87 @@ private:
         return claimed == kTimedOut ? status::timeout : status::cancelled;
     }
 
+    using ring_result = typename lf_ring_of<T, kLockFreeType>::result;
+
+    bool lock_free() const noexcept {
+        if constexpr (kLockFreeType) return lf_.has_value();
+        else return false;
+    }
+    auto& lf() noexcept {
+        if constexpr (kLockFreeType) return *lf_;
+        else return lf_;
+    }
+    const auto& lf() const noexcept {
+        if constexpr (kLockFreeType) return *lf_;
+        else return lf_;
+    }
+
+    // Without the lock, lock-free ring only: a push or pop, then the
+    // hand-over to waiters if any registered (see the top of this file).
+    poll send_fast(T& v) {
+        switch (lf().push(v)) {
+            case ring_result::ok: break;
+            case ring_result::closed: return poll::closed;
+            case ring_result::full_or_empty: return poll::blocked;
+        }
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (receivers_.count() != 0) {
+            wake_list woken;
+            std::lock_guard g(mu_);
+            kick_locked(woken);
+        }
+        return poll::done;
+    }
+    poll recv_fast(std::optional<T>& out) {
+        switch (lf().pop(out)) {
+            case ring_result::ok: break;
+            case ring_result::closed: return poll::closed;
+            case ring_result::full_or_empty: return poll::blocked;
+        }
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (senders_.count() != 0) {
+            wake_list woken;
+            std::lock_guard g(mu_);
+            refill_locked(woken);
+        }
+        return poll::done;
+    }
+
+    // Requires mu_, lock-free ring: values in the ring go to waiting
+    // receivers, oldest to oldest, then room goes to waiting senders. A
+    // receiver claimed for a value that a lock-free receiver took first runs
+    // its operation again (retry).
+    void kick_locked(wake_list& woken) {
+        while (lf().has_value()) {
+            wait_node* r = receivers_.claim_front();
+            if (!r) break;
+            switch (lf().pop(*static_cast<std::optional<T>*>(r->slot))) {
+                case ring_result::ok: woken.add(*r->owner, outcome::delivered); continue;
+                case ring_result::closed: woken.add(*r->owner, outcome::closed); break;
+                case ring_result::full_or_empty: woken.add(*r->owner, outcome::retry); break;
+            }
+            break;
+        }
+        refill_locked(woken);
+    }
+
     // Requires mu_ and a free slot: moves the oldest live waiting sender's
-    // value into the ring.
+    // value into the ring (lock-free ring: as many as there is room for; a
+    // sender claimed for a slot that a lock-free sender took first sends
+    // again).
     void refill_locked(wake_list& woken) {
+        if (lock_free()) {
+            while (lf().has_room()) {
+                wait_node* s = senders_.claim_front();
+                if (!s) return;
+                switch (lf().push(*static_cast<T*>(s->slot))) {
+                    case ring_result::ok: woken.add(*s->owner, outcome::delivered); continue;
+                    case ring_result::closed: woken.add(*s->owner, outcome::closed); return;
+                    case ring_result::full_or_empty: woken.add(*s->owner, outcome::retry); return;
+                }
+            }
+            return;
+        }
         while (wait_node* s = senders_.claim_front()) {
             try {
                 buf_.push_back(std::move(*static_cast<T*>(s->slot)));
@@ -288,7 +498,8 @@ private:
         woken.add(*s.owner, outcome::failed);
     }
 
-    ring<T> buf_;             // guarded by mu_
+    ring<T> buf_;             // guarded by mu_; capacity 0 when the lock-free ring is used
+    typename lf_ring_of<T, kLockFreeType>::storage lf_;  // buffered channels of nothrow-movable T
     wait_queue senders_;      // guarded by mu_
     wait_queue receivers_;    // guarded by mu_
     bool closed_ = false;     // guarded by mu_

@@ -31,6 +31,10 @@ public:
     virtual poll try_now(wake_list&) { return poll::blocked; }
     // Requires channel()'s lock.
     virtual void enqueue(waiter&, int) noexcept {}
+    // Requires channel()'s lock, after the waiter is registered everywhere
+    // and claimable: hands over what the channel can give now
+    // (chan_state::recheck_locked).
+    virtual void recheck(wake_list&) {}
     virtual void dequeue() noexcept {}
     // Runs the handler after the case was chosen; no lock is held.
     virtual void run(outcome how) = 0;
@@ -57,6 +61,9 @@ public:
         node_.slot = &value_;
         node_.case_index = index;
         ch_->enqueue_recv_locked(node_);
+    }
+    void recheck(wake_list& woken) override {
+        if (ch_) ch_->recheck_locked(woken);
     }
     void dequeue() noexcept override {
         if (ch_) ch_->dequeue_recv_locked(node_);
@@ -101,6 +108,9 @@ public:
         node_.slot = &value();
         node_.case_index = index;
         ch_->enqueue_send_locked(node_);
+    }
+    void recheck(wake_list& woken) override {
+        if (ch_) ch_->recheck_locked(woken);
     }
     void dequeue() noexcept override {
         if (ch_) ch_->dequeue_send_locked(node_);

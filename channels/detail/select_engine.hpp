@@ -125,8 +125,10 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
             wake_list woken;  // destroyed after `held`: wakes run unlocked
             lock_set held(locks, nlocks);
             chosen = plan.poll_all(cs, order, woken, how);  // pass 1
-            if (chosen < 0)                                 // pass 2
+            if (chosen < 0) {  // pass 2
                 for (int j = 0; j < polled; ++j) cs[order[j]]->enqueue(w, order[j]);
+                for (int j = 0; j < polled; ++j) cs[order[j]]->recheck(woken);
+            }
         }
         if (chosen >= 0) {
             cs[chosen]->run(how);

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <exception>
 
 #include "parker.hpp"
@@ -88,10 +89,15 @@ struct wait_node {
     bool queued = false;
 };
 
-// An intrusive FIFO of wait_nodes. Guarded by the lock of the owning channel.
+// An intrusive FIFO of wait_nodes. Guarded by the lock of the owning
+// channel, except count(), which lock-free ring operations read without it.
 class wait_queue {
 public:
     bool empty() const noexcept { return head_ == nullptr; }
+
+    // Nodes queued, dead ones included. Written under the lock only; read
+    // by a lock-free push or pop after its seq_cst fence (chan_state.hpp).
+    std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
 
     void push_back(wait_node& n) noexcept {
         n.next = nullptr;
@@ -100,6 +106,7 @@ public:
         else head_ = &n;
         tail_ = &n;
         n.queued = true;
+        count_.store(count_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
 
     // Removes n if it is still queued here (a claimer may have removed it).
@@ -111,6 +118,7 @@ public:
         else tail_ = n.prev;
         n.prev = n.next = nullptr;
         n.queued = false;
+        count_.store(count_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     }
 
     // Pops nodes from the front until one is claimed for its case; dead
@@ -133,6 +141,7 @@ public:
 private:
     wait_node* head_ = nullptr;
     wait_node* tail_ = nullptr;
+    std::atomic<std::size_t> count_{0};
 };
 
 // Waiters claimed under a lock, woken once the lock is released. Declare it

@@ -1,0 +1,184 @@
+// csp::detail::lf_ring — the buffer of a buffered channel, without a lock.
+//
+// A bounded multi-producer multi-consumer queue in the style of Dmitry
+// Vyukov's, with the close mark of crossbeam's array channel: each slot has
+// a stamp saying whose turn it is; a producer claims a slot by advancing
+// `tail_` with one CAS, writes the value and publishes it with a release
+// store of the stamp; a consumer does the same with `head_`. Producers and
+// consumers touch different cache lines (head, tail, and the slots they
+// reach), which is what lets a busy channel go faster than a lock that both
+// sides take for every value.
+//
+// Positions. A position is (lap, index): index = pos & (mark_bit_ - 1),
+// lap = pos & ~(one_lap_ - 1), with one_lap_ = 2 * mark_bit_ and mark_bit_ the
+// smallest power of two above the capacity. A slot at index i is free for
+// the producer at position p when its stamp is p, and holds a value for the
+// consumer at position p when its stamp is p + 1. Going past the last index
+// moves to index 0 of the next lap.
+//
+// Closing sets mark_bit_ in `tail_` (fetch_or), so a push's CAS against the
+// unmarked tail fails: every push happens either before close or not at all,
+// and a consumer that finds the ring empty with the mark set knows that it
+// stays empty. Values already in the ring are still taken.
+//
+// T's move constructor must not throw: once a slot is claimed it must be
+// filled (or emptied), or the ring would wait for it forever. Channels of
+// other types keep the ring under their lock (ring.hpp).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <new>
+#include <optional>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "parker.hpp"  // CSP_CPU_RELAX()
+
+namespace csp::detail {
+
+template <class T>
+class lf_ring {
+    static_assert(std::is_nothrow_move_constructible_v<T>);
+
+public:
+    enum class result { ok, full_or_empty, closed };
+
+    explicit lf_ring(std::size_t capacity)
+        : cap_(capacity),
+          mark_bit_(next_pow2(capacity + 1)),
+          one_lap_(mark_bit_ * 2),
+          slots_(std::make_unique<slot[]>(capacity)) {
+        for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.store(i, std::memory_order_relaxed);
+    }
+    lf_ring(const lf_ring&) = delete;
+    lf_ring& operator=(const lf_ring&) = delete;
+    ~lf_ring() {
+        std::optional<T> drop;
+        while (pop(drop) == result::ok) drop.reset();
+    }
+
+    std::size_t capacity() const noexcept { return cap_; }
+
+    // Moves v into the ring, or reports full or closed (v untouched).
+    result push(T& v) noexcept {
+        std::size_t tail = tail_.load(std::memory_order_relaxed);
+        for (int spins = 0;; ++spins) {
+            if (tail & mark_bit_) return result::closed;
+            const std::size_t index = tail & (mark_bit_ - 1);
+            slot& s = slots_[index];
+            const std::size_t stamp = s.stamp.load(std::memory_order_acquire);
+            if (stamp == tail) {
+                if (tail_.compare_exchange_weak(tail, advance(tail, index), std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
+                    ::new (static_cast<void*>(s.bytes)) T(std::move(v));
+                    s.stamp.store(tail + 1, std::memory_order_release);
+                    return result::ok;
+                }
+            } else if (stamp + one_lap_ == tail + 1) {
+                // The slot still holds last lap's value: full, unless a
+                // consumer is just taking it.
+                std::atomic_thread_fence(std::memory_order_seq_cst);
+                if (head_.load(std::memory_order_relaxed) + one_lap_ == tail) return result::full_or_empty;
+                tail = tail_.load(std::memory_order_relaxed);
+            } else {
+                // Another producer claimed this slot and is writing it.
+                backoff(spins);
+                tail = tail_.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+    // Moves the oldest value into `out`, or reports empty or closed-and-empty.
+    result pop(std::optional<T>& out) noexcept {
+        std::size_t head = head_.load(std::memory_order_relaxed);
+        for (int spins = 0;; ++spins) {
+            const std::size_t index = head & (mark_bit_ - 1);
+            slot& s = slots_[index];
+            const std::size_t stamp = s.stamp.load(std::memory_order_acquire);
+            if (stamp == head + 1) {
+                if (head_.compare_exchange_weak(head, advance(head, index), std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
+                    T* v = std::launder(reinterpret_cast<T*>(s.bytes));
+                    out.emplace(std::move(*v));
+                    v->~T();
+                    s.stamp.store(head + one_lap_, std::memory_order_release);
+                    return result::ok;
+                }
+            } else if (stamp == head) {
+                // Nothing written here yet: empty, unless a producer is
+                // just writing it.
+                std::atomic_thread_fence(std::memory_order_seq_cst);
+                const std::size_t tail = tail_.load(std::memory_order_relaxed);
+                if ((tail & ~mark_bit_) == head)
+                    return tail & mark_bit_ ? result::closed : result::full_or_empty;
+                head = head_.load(std::memory_order_relaxed);
+            } else {
+                backoff(spins);
+                head = head_.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+    // Marks the ring closed; true if this call did.
+    bool close() noexcept { return (tail_.fetch_or(mark_bit_, std::memory_order_seq_cst) & mark_bit_) == 0; }
+
+    // Hints, exact only when nobody pushes or pops meanwhile.
+    bool has_value() const noexcept {
+        const std::size_t head = head_.load(std::memory_order_acquire);
+        return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
+    }
+    bool has_room() const noexcept {
+        const std::size_t tail = tail_.load(std::memory_order_acquire);
+        if (tail & mark_bit_) return false;
+        return slots_[tail & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == tail;
+    }
+
+    std::size_t size() const noexcept {
+        for (;;) {
+            const std::size_t tail = tail_.load(std::memory_order_seq_cst);
+            const std::size_t head = head_.load(std::memory_order_seq_cst);
+            if (tail_.load(std::memory_order_seq_cst) != tail) continue;
+            const std::size_t hix = head & (mark_bit_ - 1), tix = tail & (mark_bit_ - 1);
+            if (hix < tix) return tix - hix;
+            if (hix > tix) return cap_ - hix + tix;
+            return (tail & ~mark_bit_) == head ? 0 : cap_;
+        }
+    }
+
+private:
+    struct slot {
+        std::atomic<std::size_t> stamp;
+        alignas(T) unsigned char bytes[sizeof(T)];
+    };
+
+    static std::size_t next_pow2(std::size_t n) noexcept {
+        std::size_t p = 1;
+        while (p < n) p <<= 1;
+        return p;
+    }
+
+    std::size_t advance(std::size_t pos, std::size_t index) const noexcept {
+        return index + 1 < cap_ ? pos + 1 : (pos & ~(one_lap_ - 1)) + one_lap_;
+    }
+
+    // A peer is between its CAS and its stamp store: a few instructions,
+    // unless it was preempted there.
+    static void backoff(int spins) noexcept {
+        if (spins < 64) CSP_CPU_RELAX();
+        else std::this_thread::yield();
+    }
+
+    // Producers write tail_, consumers head_: apart, so that they do not
+    // take the line from each other on every value.
+    alignas(64) std::atomic<std::size_t> head_{0};
+    alignas(64) std::atomic<std::size_t> tail_{0};
+    alignas(64) const std::size_t cap_;
+    const std::size_t mark_bit_;
+    const std::size_t one_lap_;
+    std::unique_ptr<slot[]> slots_;
+};
+
+}  // namespace csp::detail
