@@ -64,7 +64,7 @@ public:
 
     // Moves v into the ring, or reports full or closed (v untouched).
     result push(T& v) noexcept {
-        std::size_t tail = tail_.load(std::memory_order_relaxed);
+        std::size_t tail = tail_.load(std::memory_order_acquire);
         for (int spins = 0;; ++spins) {
             if (tail & mark_bit_) return result::closed;
             const std::size_t index = tail & (mark_bit_ - 1);
@@ -72,7 +72,7 @@ public:
             const std::size_t stamp = s.stamp.load(std::memory_order_acquire);
             if (stamp == tail) {
                 if (tail_.compare_exchange_weak(tail, advance(tail, index), std::memory_order_seq_cst,
-                                                std::memory_order_relaxed)) {
+                                                std::memory_order_acquire)) {
                     ::new (static_cast<void*>(s.bytes)) T(std::move(v));
                     s.stamp.store(tail + 1, std::memory_order_release);
                     return result::ok;
@@ -82,11 +82,11 @@ public:
                 // consumer is just taking it.
                 std::atomic_thread_fence(std::memory_order_seq_cst);
                 if (head_.load(std::memory_order_relaxed) + one_lap_ == tail) return result::full_or_empty;
-                tail = tail_.load(std::memory_order_relaxed);
+                tail = tail_.load(std::memory_order_acquire);
             } else {
                 // Another producer claimed this slot and is writing it.
                 backoff(spins);
-                tail = tail_.load(std::memory_order_relaxed);
+                tail = tail_.load(std::memory_order_acquire);
             }
         }
     }
@@ -111,7 +111,10 @@ public:
                 // Nothing written here yet: empty, unless a producer is
                 // just writing it.
                 std::atomic_thread_fence(std::memory_order_seq_cst);
-                const std::size_t tail = tail_.load(std::memory_order_relaxed);
+                // Acquire: a receiver that reports closed sees everything
+                // done before close() (Go: a close is synchronized before a
+                // receive that returns because the channel is closed).
+                const std::size_t tail = tail_.load(std::memory_order_acquire);
                 if ((tail & ~mark_bit_) == head)
                     return tail & mark_bit_ ? result::closed : result::full_or_empty;
                 head = head_.load(std::memory_order_relaxed);
