@@ -70,6 +70,19 @@ inline constexpr bool is_use_awaitable_v = false;
 template <class Executor>
 inline constexpr bool is_use_awaitable_v<asio::use_awaitable_t<Executor>> = true;
 
+// When the operation must wait: Asio's async_initiate for use_awaitable is
+// itself a coroutine (async_result::initiate) whose frame only suspends and
+// starts the operation with a handler that resumes the caller. Where Asio
+// offers that step on its own (async_result::do_init, Asio 1.22 and later),
+// these coroutines take it themselves: the handler then completes this
+// coroutine's frame directly, one frame and one resumption fewer per
+// operation that waits. Otherwise they fall back to async_initiate.
+template <class Result, class Executor, class Init, class... Args>
+concept has_direct_init = requires(asio::detail::awaitable_frame_base<Executor>* frame, Init& init,
+                                   asio::use_awaitable_t<Executor> token, Args&... args) {
+    Result::do_init(frame, init, token, args...);
+};
+
 template <class T, class Executor>
 asio::awaitable<std::optional<T>, Executor> awaitable_recv(std::shared_ptr<chan_state<T>> ch) {
     std::optional<T> out;
@@ -82,9 +95,16 @@ asio::awaitable<std::optional<T>, Executor> awaitable_recv(std::shared_ptr<chan_
     // aggregate temporary there twice (README, "A g++ 12 pitfall").
     initiate_chan_op<T, recv_kind<T>> init{std::move(ch)};
     const asio::use_awaitable_t<Executor> token;
-    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
-                                   void(std::error_code, std::optional<T>)>(std::move(init), token);
-    co_return co_await std::move(op);
+    using result = asio::async_result<asio::use_awaitable_t<Executor>,
+                                      void(std::error_code, std::optional<T>)>;
+    if constexpr (has_direct_init<result, Executor, decltype(init)>) {
+        co_await [&](auto* frame) { return result::do_init(frame, init, token); };
+        for (;;) {}  // never reached: the handler completes this coroutine
+    } else {
+        auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
+                                       void(std::error_code, std::optional<T>)>(std::move(init), token);
+        co_return co_await std::move(op);
+    }
 }
 
 // Sends v (the caller's object, or for an rvalue one the frame owns),
@@ -103,9 +123,15 @@ asio::awaitable<void, Executor> awaitable_send(std::shared_ptr<chan_state<T>> ch
     initiate_chan_op<T, send_kind<T, false>> init{std::move(ch)};
     const asio::use_awaitable_t<Executor> token;
     T* where = &value;
-    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&, void(std::error_code)>(
-        std::move(init), token, where);
-    co_await std::move(op);
+    using result = asio::async_result<asio::use_awaitable_t<Executor>, void(std::error_code)>;
+    if constexpr (has_direct_init<result, Executor, decltype(init), T*>) {
+        co_await [&](auto* frame) { return result::do_init(frame, init, token, where); };
+        for (;;) {}  // never reached: the handler completes this coroutine
+    } else {
+        auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&, void(std::error_code)>(
+            std::move(init), token, where);
+        co_await std::move(op);
+    }
 }
 
 template <class Token>
@@ -196,10 +222,17 @@ asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
     }
     initiate_select<Storage> init;
     const asio::use_awaitable_t<Executor> token;
-    auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
-                                   void(std::exception_ptr, std::size_t)>(init, token,
-                                                                          std::move(cases));
-    co_return co_await std::move(op);
+    using result = asio::async_result<asio::use_awaitable_t<Executor>,
+                                      void(std::exception_ptr, std::size_t)>;
+    if constexpr (has_direct_init<result, Executor, decltype(init), Storage>) {
+        co_await [&](auto* frame) { return result::do_init(frame, init, token, cases); };
+        for (;;) {}  // never reached: the handler completes this coroutine
+    } else {
+        auto op = asio::async_initiate<const asio::use_awaitable_t<Executor>&,
+                                       void(std::exception_ptr, std::size_t)>(init, token,
+                                                                              std::move(cases));
+        co_return co_await std::move(op);
+    }
 }
 }  // namespace detail
 
