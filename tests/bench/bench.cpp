@@ -7,7 +7,7 @@
 //   csp_bench [--face=F] --list                            (the scenario names, one a line)
 //
 //   --face=thread  the thread face under the reference programs' names (default;
-//                  it has no spawn, fanin_timeout or pipeline*)
+//                  it has no spawn or fanin_timeout)
 //   --face=task    the task face under the reference programs' names, plus
 //                  pipeline_hand and pipeline_par_hand (the pipelines without
 //                  the stage API)
@@ -470,6 +470,53 @@ result pipeline_par_hand(i64 n) {
     return r;
 }
 
+// The pipelines on the thread face: a std::thread per stage worker with
+// blocking send and range-for receives, the sink on the calling thread.
+template <class F>
+csp::receiver<i64> thread_stage(std::vector<std::jthread>& ts, csp::receiver<i64> in, F f,
+                                unsigned workers = 1) {
+    auto out = csp::make_chan<i64>(128);
+    const auto closer = out.as_closing_sender();  // closes when the last worker ends
+    for (unsigned w = 0; w < workers; ++w)
+        ts.emplace_back([in, tx = closer, f] {
+            for (i64 v : in) tx.send(f(v));
+        });
+    return out;
+}
+
+csp::receiver<i64> thread_source(std::vector<std::jthread>& ts, i64 n) {
+    auto src = csp::make_chan<i64>(128);
+    ts.emplace_back([tx = src.as_sender(), n] {
+        for (i64 i = 0; i < n; ++i) tx.send(i);
+        tx.close();
+    });
+    return src;
+}
+
+result pipeline_threads(i64 n) {
+    std::vector<std::jthread> ts;
+    auto s1 = thread_stage(ts, thread_source(ts, n), [](i64 x) { return x + 1; });
+    auto s2 = thread_stage(ts, s1, [](i64 x) { return x * 2; });
+    auto s3 = thread_stage(ts, s2, [](i64 x) { return x - 1; });
+    result r{0, 0, n * n};
+    for (i64 v : s3) {
+        r.sum += v;
+        ++r.count;
+    }
+    return r;
+}
+
+result pipeline_par_threads(i64 n) {
+    std::vector<std::jthread> ts;
+    auto out = thread_stage(ts, thread_source(ts, n), [](i64 x) { return x * x % par_mod; }, 4);
+    result r{0, 0, want_par_cache.at(n)};
+    for (i64 v : out) {
+        r.sum += v;
+        ++r.count;
+    }
+    return r;
+}
+
 // The thread face. Adding a scenario is one line here.
 constexpr std::array thread_scenarios{
     scenario{"pingpong", 200'000, pingpong},
@@ -477,6 +524,8 @@ constexpr std::array thread_scenarios{
     scenario{"buf_spsc", 10'000'000, spsc<1024>},
     scenario{"buf_mpmc", 10'000'000, buf_mpmc},
     scenario{"select4", 4'000'000, select4},
+    scenario{"pipeline", 2'000'000, pipeline_threads},
+    scenario{"pipeline_par", 2'000'000, pipeline_par_threads, prepare_par},
 };
 
 // The task face, under the reference programs' names; the *_hand entries
