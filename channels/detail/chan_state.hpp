@@ -417,31 +417,26 @@ private:
 
     // Without the lock, lock-free ring only: a push or pop, then the
     // hand-over to waiters if any registered (see the top of this file).
-    poll send_fast(T& v) {
-        switch (lf().push(v)) {
-            case ring_result::ok: break;
-            case ring_result::closed: return poll::closed;
-            case ring_result::full_or_empty: return poll::blocked;
-        }
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (receivers_.count() != 0) {
-            wake_list woken;
-            std::lock_guard g(mu_);
-            kick_locked(woken);
-        }
-        return poll::done;
-    }
+    poll send_fast(T& v) { return after_lock_free(lf().push(v), receivers_, &chan_state::kick_locked); }
     poll recv_fast(std::optional<T>& out) {
-        switch (lf().pop(out)) {
+        return after_lock_free(lf().pop(out), senders_, &chan_state::refill_locked);
+    }
+
+    // What a lock-free push or pop found; after one that went through, the
+    // fence of the Dekker pair, then the hand-over to the other side's
+    // waiters under the lock, if any registered.
+    poll after_lock_free(ring_result r, const wait_queue& other_side,
+                         void (chan_state::*hand_over)(wake_list&)) {
+        switch (r) {
             case ring_result::ok: break;
             case ring_result::closed: return poll::closed;
             case ring_result::full_or_empty: return poll::blocked;
         }
         std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (senders_.count() != 0) {
+        if (other_side.count() != 0) {
             wake_list woken;
             std::lock_guard g(mu_);
-            refill_locked(woken);
+            (this->*hand_over)(woken);
         }
         return poll::done;
     }
