@@ -517,6 +517,12 @@ TEST_CASE("cancel race: async_select over two channels cancelled while two threa
         std::vector<std::thread> senders;
         for (int c = 0; c < 2; ++c)
             senders.emplace_back([&, c] {
+                // A random pause after each value, so that the select often
+                // finds both channels empty and parks: the race under test
+                // (a sender's delivery against the cancellation) needs a
+                // parked select. Without it, a buffered channel refilled at
+                // once by a lock-free push is always ready at initiation.
+                std::minstd_rand pause(seed + static_cast<unsigned>(c));
                 for (int seq = 0;; ++seq) {
                     if (c == 0) {
                         if (!offer_until(chs[0], int(seq), receiver_done)) return;
@@ -524,6 +530,7 @@ TEST_CASE("cancel race: async_select over two channels cancelled while two threa
                         return;
                     }
                     sent[static_cast<std::size_t>(c)] = seq + 1;
+                    spin(static_cast<unsigned>(pause() % 1024));
                 }
             });
 
