@@ -618,7 +618,17 @@ TEST_CASE("cancel race: async_select timeouts racing with a sender: nothing lost
         int done_ops = 0;
         std::atomic<bool> receiver_done{false};
         long sent = 0;
-        std::thread sender = spinning_sender(ch, receiver_done, sent);
+        // A random pause after each value, so that the select sometimes
+        // finds the channel empty and its timeout races the sender (a
+        // buffered channel refilled at once is always ready).
+        std::thread sender([&ch, &receiver_done, &sent, seed] {
+            std::minstd_rand pause(seed + 1);
+            for (int seq = 0;; ++seq) {
+                if (!offer_until(ch, int(seq), receiver_done)) return;
+                sent = seq + 1;
+                spin(static_cast<unsigned>(pause() % 1024));
+            }
+        });
         asio::co_spawn(
             io,
             [&]() -> asio::awaitable<void> {
