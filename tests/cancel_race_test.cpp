@@ -530,7 +530,7 @@ TEST_CASE("cancel race: async_select over two channels cancelled while two threa
                         return;
                     }
                     sent[static_cast<std::size_t>(c)] = seq + 1;
-                    spin(static_cast<unsigned>(pause() % 1024));
+                    spin(static_cast<unsigned>(pause() % 8192));
                 }
             });
 
@@ -626,7 +626,7 @@ TEST_CASE("cancel race: async_select timeouts racing with a sender: nothing lost
             for (int seq = 0;; ++seq) {
                 if (!offer_until(ch, int(seq), receiver_done)) return;
                 sent = seq + 1;
-                spin(static_cast<unsigned>(pause() % 1024));
+                spin(static_cast<unsigned>(pause() % 8192));
             }
         });
         asio::co_spawn(
