@@ -283,6 +283,9 @@ recv_race_result recv_race(int capacity, send_style ss, op_style os, unsigned se
     std::stop_source stop_sender;
     long sent = 0;
     std::thread sender([&] {
+        // Random pauses, so that receives also park on a buffered channel
+        // (see the async_select races below).
+        std::minstd_rand pause(seed + 7u);
         for (int seq = 0;; ++seq) {
             if (ss == send_style::try_send) {
                 if (!offer_until(ch, int(seq), receiver_done, 64)) return;
@@ -290,6 +293,7 @@ recv_race_result recv_race(int capacity, send_style ss, op_style os, unsigned se
                 return;
             }
             sent = seq + 1;
+            if (capacity > 0) spin(static_cast<unsigned>(pause() % 8192));
         }
     });
 
