@@ -62,15 +62,22 @@ public:
 
     void complete() {
         this->disconnect_cancellation();
-        const int claimed = this->claimed_case();
+        int claimed = this->claimed_case();
         if (claimed == waiter::kCancelled) {
             std::lock_guard g(*ch_);
             Kind::dequeue(*ch_, node_);
         } else if (this->result == outcome::retry) {
-            this->state.store(waiter::kWaiting, std::memory_order_relaxed);
-            // The peer's value failed to move into us: wait for the next one.
-            if (attempt()) complete();
-            return;
+            // The value or room we were claimed for went elsewhere (a
+            // lock-free party, or a move that threw): run the operation again,
+            // unless a cancellation came meanwhile (the claimer took our node
+            // off the queue already).
+            if (this->cancellation_missed()) {
+                claimed = waiter::kCancelled;
+            } else {
+                this->state.store(waiter::kWaiting, std::memory_order_relaxed);
+                if (attempt()) complete();
+                return;
+            }
         }
         auto args = Kind::results(claimed, this->result);
         Handler h = memory::release(this);

@@ -36,6 +36,7 @@
 #include <asio/system_executor.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -110,6 +111,12 @@ protected:
         if (slot_.is_connected()) slot_.clear();
     }
 
+    // A cancellation that came while a peer held the claim. Asio emits a
+    // cancellation once: if that claim turns out to be a retry (the value it
+    // was for went to a lock-free party), registering again would wait past
+    // the cancellation forever, so the retry completes as cancelled instead.
+    bool cancellation_missed() const noexcept { return cancel_missed_.load(std::memory_order_relaxed); }
+
     template <class F>
     void post(F&& f) noexcept {
         if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
@@ -123,17 +130,23 @@ protected:
 
 private:
     struct cancel_claim {
-        explicit cancel_claim(waiter* w) noexcept : w_(w) {}
+        explicit cancel_claim(async_waiter* w) noexcept : w_(w) {}
         void operator()(asio::cancellation_type_t) const noexcept {
             // Any cancellation type is honoured: a cancelled operation has no
             // effect at all, which is what even `total` asks for.
             if (w_->try_claim(waiter::kCancelled)) w_->wake();
+            else w_->cancel_missed_.store(true, std::memory_order_relaxed);
         }
-        waiter* w_;
+        async_waiter* w_;
     };
 
     asio::cancellation_slot slot_;
     park_hooks* hooks_ = nullptr;
+    // Set by the cancellation handler, read by the completion: both run
+    // serialised (Asio requires emission to be serialised with the
+    // operation's handler); atomic only so that a caller who breaks that
+    // rule gets a missed cancellation, not undefined behaviour.
+    std::atomic<bool> cancel_missed_{false};
 };
 
 // The handler of `co_await op(asio::use_awaitable)`: invoking it resumes the

@@ -111,19 +111,24 @@ public:
 
     void complete() {
         this->disconnect_cancellation();
-        const int c = this->claimed_case();
+        int c = this->claimed_case();
         if (registered_) {  // pass 3
             lock_set held(cases_.locks(), plan_.nlocks);
             for (int j = 0; j < plan_.polled; ++j) cases_.cases()[cases_.order()[j]]->dequeue();
             registered_ = false;
         }
         if (c >= 0 && c != plan_.timeout && c != plan_.stop && this->result == outcome::retry) {
-            // A sender's value failed to move into us: select again. The state
-            // stays claimed through pass 1, so the armed timer or stop
-            // callback cannot claim us while attempt() completes a case
-            // itself; it goes back to waiting only when pass 2 registers.
-            if (attempt()) complete();
-            return;
+            // The value or room we were claimed for went elsewhere: select
+            // again, unless a cancellation came meanwhile (async_op.hpp,
+            // cancellation_missed). The state stays claimed through pass 1,
+            // so the armed timer or stop callback cannot claim us while
+            // attempt() completes a case itself; it goes back to waiting
+            // only when pass 2 registers.
+            if (!this->cancellation_missed()) {
+                if (attempt()) complete();
+                return;
+            }
+            c = waiter::kCancelled;
         }
         disarm();
 

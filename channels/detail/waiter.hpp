@@ -35,7 +35,8 @@ namespace csp::detail {
 enum class outcome : unsigned char {
     delivered,  // the value moved (into the receiver, or out of the sender)
     closed,     // the channel was closed
-    retry,      // the peer's value failed to move into us: run the operation again
+    retry,      // what we were claimed for went elsewhere (a lock-free party took
+                // it, or a move threw): run the operation again
     failed,     // our own value failed to move: `error` holds the exception
 };
 
