@@ -54,6 +54,7 @@
 
 #include "../errors.hpp"
 #include "../status.hpp"
+#include "backoff.hpp"
 #include "chan_lock.hpp"
 #include "lf_ring.hpp"
 #include "ring.hpp"
@@ -300,10 +301,13 @@ public:
     // only when it returns ok.
     status send(T& v, const steady_time* deadline, const std::stop_token* stop) {
         if (lock_free()) {
-            switch (send_fast(v)) {
-                case poll::done: return status::ok;
-                case poll::closed: return status::closed;
-                case poll::blocked: break;
+            for (backoff b;;) {  // poll a moment before registering (backoff.hpp)
+                switch (send_fast(v)) {
+                    case poll::done: b.paid(); return status::ok;
+                    case poll::closed: return status::closed;
+                    case poll::blocked: break;
+                }
+                if (!b.snooze()) break;
             }
         }
         for (;;) {
@@ -340,10 +344,13 @@ public:
     // has left the channel no further move can throw it away.
     status recv(std::optional<T>& out, const steady_time* deadline, const std::stop_token* stop) {
         if (lock_free()) {
-            switch (recv_fast(out)) {
-                case poll::done: return status::ok;
-                case poll::closed: return status::closed;
-                case poll::blocked: break;
+            for (backoff b;;) {  // poll a moment before registering (backoff.hpp)
+                switch (recv_fast(out)) {
+                    case poll::done: b.paid(); return status::ok;
+                    case poll::closed: return status::closed;
+                    case poll::blocked: break;
+                }
+                if (!b.snooze()) break;
             }
         }
         for (;;) {

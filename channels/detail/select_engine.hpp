@@ -19,6 +19,7 @@
 #include <chrono>
 #include <functional>
 
+#include "backoff.hpp"
 #include "random.hpp"
 #include "select_case.hpp"
 
@@ -116,6 +117,12 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
     const steady_time* deadline = timeout >= 0 ? &cs[timeout]->deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &cs[stop]->stop : nullptr;
 
+    // Before registering, pass 1 is repeated for a moment (backoff.hpp): a
+    // peer about to send then completes on its own fast path instead of
+    // taking our registration's locks and waking us. Not with a default
+    // case, which never waits.
+    backoff patience;
+    bool polling = plan.fallback < 0;
     for (;;) {
         plan.shuffle(order);
         thread_waiter w;
@@ -125,14 +132,19 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
             wake_list woken;  // destroyed after `held`: wakes run unlocked
             lock_set held(locks, nlocks);
             chosen = plan.poll_all(cs, order, woken, how);  // pass 1
-            if (chosen < 0) {  // pass 2
+            if (chosen < 0 && !polling) {  // pass 2
                 for (int j = 0; j < polled; ++j) cs[order[j]]->enqueue(w, order[j]);
                 for (int j = 0; j < polled; ++j) cs[order[j]]->recheck(woken);
             }
         }
         if (chosen >= 0) {
+            patience.paid();
             cs[chosen]->run(how);
             return chosen;
+        }
+        if (polling) {
+            polling = patience.snooze();
+            continue;
         }
 
         int c = wait_claimed(w, deadline, timeout, stop_token, stop);
