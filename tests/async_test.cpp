@@ -50,6 +50,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tsan_suppressions.hpp"
@@ -627,6 +628,80 @@ TEST_CASE("async: cancellation after the value was delivered is a no-op") {
     CHECK(calls == 1);
     CHECK_FALSE(got_ec);
     CHECK(got_v == 33);
+}
+
+// A value whose move throws once, when armed: a sender that claims a parked
+// receive and fails to move its value into it leaves the receive due to run
+// again (a retry; with a lock-free ring, a value taken by a lock-free
+// receiver first does the same).
+struct move_bomb {
+    explicit move_bomb(int v, bool arm = false) : value(v), armed(arm) {}
+    move_bomb(move_bomb&& o) : value(o.value) {
+        if (std::exchange(o.armed, false)) throw std::runtime_error("move_bomb");
+    }
+    int value;
+    bool armed = false;
+};
+
+// Asio emits a cancellation once. One that comes while a peer holds the
+// claim of a parked operation, for what then turns out to be a retry, must
+// still end the operation: registering again would wait past it forever (a
+// task_group race test hung this way).
+TEST_CASE("async: a cancellation that comes while the operation is claimed for a retry ends it") {
+    SUBCASE("async_recv") {
+        asio::io_context io;
+        auto ch = csp::make_chan<move_bomb>();
+        asio::cancellation_signal sig;
+        int calls = 0;
+        std::error_code got_ec;
+        bool got_value = false;
+        ch.async_recv(asio::bind_cancellation_slot(
+            sig.slot(), asio::bind_executor(io, [&](std::error_code ec, std::optional<move_bomb> v) {
+                ++calls;
+                got_ec = ec;
+                got_value = v.has_value();
+            })));
+        move_bomb bomb(7, true);
+        CHECK_THROWS_AS((void)ch.try_send(std::move(bomb)), std::runtime_error);  // claims, then retry
+        sig.emit(asio::cancellation_type::terminal);  // the claim is held: the CAS loses
+        io.poll();
+        CHECK(calls == 1);
+        CHECK(is_aborted(got_ec));
+        CHECK_FALSE(got_value);
+        CHECK(ch.try_send(move_bomb(8)) == csp::status::would_block);  // nobody waits any more
+        ch.close();  // if the receive had registered again, this ends it
+        io.poll();
+        CHECK(calls == 1);
+    }
+    SUBCASE("async_select") {
+        asio::io_context io;
+        auto ch = csp::make_chan<move_bomb>();
+        asio::cancellation_signal sig;
+        int calls = 0;
+        bool aborted = false, handler_ran = false;
+        csp::async_select(
+            asio::bind_cancellation_slot(
+                sig.slot(), asio::bind_executor(io, [&](std::exception_ptr e, std::size_t) {
+                    ++calls;
+                    try {
+                        if (e) std::rethrow_exception(e);
+                    } catch (const std::system_error& err) {
+                        aborted = is_aborted(err.code());
+                    }
+                })),
+            csp::on_recv(ch, [&](std::optional<move_bomb>) { handler_ran = true; }));
+        move_bomb bomb(7, true);
+        CHECK_THROWS_AS((void)ch.try_send(std::move(bomb)), std::runtime_error);
+        sig.emit(asio::cancellation_type::terminal);
+        io.poll();
+        CHECK(calls == 1);
+        CHECK(aborted);
+        CHECK_FALSE(handler_ran);
+        CHECK(ch.try_send(move_bomb(8)) == csp::status::would_block);
+        ch.close();
+        io.poll();
+        CHECK(calls == 1);
+    }
 }
 
 TEST_CASE("async: every cancellation type is honoured") {
