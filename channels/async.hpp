@@ -210,7 +210,7 @@ asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
     int chosen;
     outcome how;
     {
-        const select_plan plan(cases.cases(), cases.size(), cases.locks(), cases.order());
+        select_plan plan(cases.cases(), cases.size(), cases.locks(), cases.order());
         plan.shuffle(cases.order());
         wake_list woken;  // destroyed after `held`: wakes run unlocked
         lock_set held(cases.locks(), plan.nlocks);

@@ -47,6 +47,12 @@ struct select_plan {
     int fallback = -1, timeout = -1, stop = -1;  // case indices, -1 when absent
     int polled = 0;                              // order[0..polled): cases tried in pass 1
     int nlocks = 0;                              // locks[0..nlocks): sorted, unique
+    // The timeout case's deadline is still to be set from its `relative`
+    // duration. A select whose cases are all on_timeout() reads the clock
+    // only once pass 1 found nothing ready: on a busy channel (a select with
+    // a fresh timeout per value, Go's time.After) most selects never need
+    // the clock, whose read costs 20-60 ns on a VM.
+    bool deadline_pending = false;
 
     // Classifies cs[0..n); `locks` and `order` are scratch arrays of n entries.
     select_plan(case_base* const* cs, int n, chan_base** locks, int* order) {
@@ -58,8 +64,19 @@ struct select_plan {
                     fallback = i;
                     break;
                 case case_kind::timeout:
-                    if (cs[i]->relative) cs[i]->deadline = after_now(*cs[i]->relative);
-                    if (timeout < 0 || cs[i]->deadline < cs[timeout]->deadline) timeout = i;
+                    if (timeout < 0) {
+                        timeout = i;
+                        deadline_pending = cs[i]->relative.has_value();
+                    } else if (deadline_pending && cs[i]->relative) {
+                        if (*cs[i]->relative < *cs[timeout]->relative) timeout = i;
+                    } else {
+                        // Absolute and relative deadlines mixed: set them all now.
+                        const steady_time now = std::chrono::steady_clock::now();
+                        for (int t : {timeout, i})
+                            if (cs[t]->relative) cs[t]->deadline = after(now, *cs[t]->relative);
+                        deadline_pending = false;
+                        if (cs[i]->deadline < cs[timeout]->deadline) timeout = i;
+                    }
                     break;
                 case case_kind::stop:
                     if (stop >= 0) throw error("csp: select with more than one stop case");
@@ -93,8 +110,9 @@ struct select_plan {
     }
 
     // Requires every lock in the plan. Pass 1, then the default or an expired
-    // deadline; returns the chosen case or -1, and how it completed.
-    int poll_all(case_base* const* cs, const int* order, wake_list& woken, outcome& how) const {
+    // deadline; returns the chosen case or -1, and how it completed. Sets
+    // the timeout case's deadline when it is pending, before any wait reads it.
+    int poll_all(case_base* const* cs, const int* order, wake_list& woken, outcome& how) {
         for (int j = 0; j < polled; ++j) {
             switch (cs[order[j]]->try_now(woken)) {
                 case poll::done: how = outcome::delivered; return order[j];
@@ -104,7 +122,14 @@ struct select_plan {
         }
         how = outcome::delivered;
         if (fallback >= 0) return fallback;
-        if (timeout >= 0 && std::chrono::steady_clock::now() >= cs[timeout]->deadline) return timeout;
+        if (timeout >= 0) {
+            const steady_time now = std::chrono::steady_clock::now();
+            if (deadline_pending) {
+                cs[timeout]->deadline = after(now, *cs[timeout]->relative);
+                deadline_pending = false;
+            }
+            if (now >= cs[timeout]->deadline) return timeout;
+        }
         return -1;
     }
 };
@@ -112,7 +137,7 @@ struct select_plan {
 // Runs a select over cs[0..n). `locks` and `order` are scratch arrays of n
 // entries. Returns the index of the case whose handler ran.
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order) {
-    const select_plan plan(cs, n, locks, order);
+    select_plan plan(cs, n, locks, order);
     const int polled = plan.polled, nlocks = plan.nlocks, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &cs[timeout]->deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &cs[stop]->stop : nullptr;

@@ -30,10 +30,13 @@ std::chrono::steady_clock::duration saturated(std::chrono::duration<Rep, Period>
     return std::chrono::ceil<sd>(d);
 }
 
+// t + d, saturated at the end of time.
+inline steady_time after(steady_time t, std::chrono::steady_clock::duration d) {
+    return d >= steady_time::max() - t ? steady_time::max() : t + d;
+}
 // now + d, saturated at the end of time.
 inline steady_time after_now(std::chrono::steady_clock::duration d) {
-    const auto now = std::chrono::steady_clock::now();
-    return d >= steady_time::max() - now ? steady_time::max() : now + d;
+    return after(std::chrono::steady_clock::now(), d);
 }
 template <class Rep, class Period>
 steady_time after_now(std::chrono::duration<Rep, Period> d) {
