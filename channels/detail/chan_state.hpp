@@ -301,13 +301,10 @@ public:
     // only when it returns ok.
     status send(T& v, const steady_time* deadline, const std::stop_token* stop) {
         if (lock_free()) {
-            for (backoff b;;) {  // poll a moment before registering (backoff.hpp)
-                switch (send_fast(v)) {
-                    case poll::done: b.paid(); return status::ok;
-                    case poll::closed: return status::closed;
-                    case poll::blocked: break;
-                }
-                if (!b.snooze()) break;
+            switch (poll_briefly([&] { return send_fast(v); })) {
+                case poll::done: return status::ok;
+                case poll::closed: return status::closed;
+                case poll::blocked: break;
             }
         }
         for (;;) {
@@ -344,13 +341,10 @@ public:
     // has left the channel no further move can throw it away.
     status recv(std::optional<T>& out, const steady_time* deadline, const std::stop_token* stop) {
         if (lock_free()) {
-            for (backoff b;;) {  // poll a moment before registering (backoff.hpp)
-                switch (recv_fast(out)) {
-                    case poll::done: b.paid(); return status::ok;
-                    case poll::closed: return status::closed;
-                    case poll::blocked: break;
-                }
-                if (!b.snooze()) break;
+            switch (poll_briefly([&] { return recv_fast(out); })) {
+                case poll::done: return status::ok;
+                case poll::closed: return status::closed;
+                case poll::blocked: break;
             }
         }
         for (;;) {
@@ -420,6 +414,18 @@ private:
     const auto& lf() const noexcept {
         if constexpr (kLockFreeType) return *lf_;
         else return lf_;
+    }
+
+    // Lock-free ring only: runs `fast` (send_fast or recv_fast) again for a
+    // moment while it finds the ring full or empty, before the caller
+    // registers as a waiter (backoff.hpp).
+    template <class Fast>
+    static poll poll_briefly(Fast fast) {
+        for (backoff b;;) {
+            const poll p = fast();
+            if (p == poll::done) b.paid();
+            if (p != poll::blocked || !b.snooze()) return p;
+        }
     }
 
     // Without the lock, lock-free ring only: a push or pop, then the
