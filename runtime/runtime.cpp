@@ -89,14 +89,14 @@ void runtime::timer_done() noexcept {
 
 void runtime::task_started(detail::task_scope& scope, detail::task_record& r) {
     live_.fetch_add(1, std::memory_order_relaxed);
-    if (!r.strand) plain_live_.fetch_add(1, std::memory_order_relaxed);
+    if (!r.executor) plain_live_.fetch_add(1, std::memory_order_relaxed);
     scope.add(r);
 }
 
 void runtime::task_ended(detail::task_record& r, std::exception_ptr e) {
     bool last = false;
     r.scope->finish(r, std::move(e), [&] {
-        if (!r.strand) plain_live_.fetch_sub(1, std::memory_order_relaxed);
+        if (!r.executor) plain_live_.fetch_sub(1, std::memory_order_relaxed);
         note_activity();
         last = live_.fetch_sub(1, std::memory_order_acq_rel) == 1;
     });

@@ -10,14 +10,15 @@
 //   rt.wait();                             // all tasks done; rethrows the first exception
 //
 // Workers. One asio::io_context run by `workers` threads. Each coroutine
-// task runs on a strand of its own, which serialises its resumptions, its
-// completions and the cancellations aimed at it, while any worker may run
-// it. A task woken by another task is queued on the waker's thread (Asio's
-// continuation hint: see async_op.hpp), so a hand-off between two tasks
-// costs no thread wake-up, like Go's `runnext`; a worker that takes a
-// handler while more are queued wakes another worker, so ready work spreads
-// to every thread. A task parked in a channel operation holds no thread:
-// 100 000 of them cost only their coroutine frames and strands.
+// task runs on an executor of its own (detail/task_executor.hpp), which
+// serialises its resumptions, its completions and the cancellations aimed
+// at it, while any worker may run it. A task woken by another task runs
+// next on the waker's thread, in a per-worker `runnext` slot as in Go, so a
+// hand-off between two tasks costs no queue and no thread wake-up; when a
+// task readies two, the one pushed out of the slot goes to the shared queue
+// and wakes an idle worker, so ready work spreads to every thread. A task
+// parked in a channel operation holds no thread: 100 000 of them cost only
+// their coroutine frames and contexts.
 //
 // Tasks. go() takes a coroutine (asio::awaitable<void>, or a callable
 // returning one) or a plain callable. A callable may take a std::stop_token
@@ -62,7 +63,6 @@
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/strand.hpp>
-#include <asio/version.hpp>
 
 #include <atomic>
 #include <concepts>
@@ -109,33 +109,6 @@ template <class T>
 inline constexpr bool is_awaitable_v = false;
 template <class T, class E>
 inline constexpr bool is_awaitable_v<asio::awaitable<T, E>> = true;
-
-template <class A>
-struct awaitable_traits;
-template <class T, class E>
-struct awaitable_traits<asio::awaitable<T, E>> {
-    using executor = E;
-};
-
-// A coroutine task's body. co_spawn posts the completion handler of a
-// coroutine that never suspended, instead of dispatching it (Asio keeps a
-// handler from running inside the co_spawn() call that started it). Our
-// handler only records the task's end, which is safe anywhere, and the post
-// is not free: it lands on the task's strand after the strand's invoker has
-// started, so the invoker re-posts itself to the scheduler's shared queue,
-// which wakes an idle worker for every such task. Channel operations that
-// complete at once never suspend, so a task that sends one buffered value
-// and ends (spawn) paid that each time: 3x slower, a wake-up per task. The
-// body therefore marks its thread as switched when the task returns.
-template <class F>
-auto run_task(F& f, std::stop_token st)
-    -> asio::awaitable<void, typename awaitable_traits<task_result_t<F>>::executor> {
-    co_await invoke_task(f, st);
-#if ASIO_VERSION >= 102200
-    asio::detail::awaitable_thread_has_context_switched flag;
-    (co_await flag) = true;
-#endif
-}
 }  // namespace detail
 
 class runtime {
@@ -209,13 +182,17 @@ private:
     template <class F>
     void start_coroutine(detail::task_scope& scope, std::shared_ptr<detail::task_record> record,
                          F f) {
-        record->strand.emplace(asio::make_strand(ctx_));
+        {
+            auto* context = new detail::task_context(ctx_);
+            record->executor.emplace(*context);
+            context->release();  // the executor holds it now
+        }
         task_started(scope, *record);
         detail::task_record& r = *record;
         asio::co_spawn(
-            *r.strand,
+            *r.executor,
             [f = std::move(f), st = scope.stop_token()]() mutable {
-                return detail::run_task(f, st);
+                return detail::invoke_task(f, st);
             },
             asio::bind_cancellation_slot(
                 r.signal.slot(), [this, record = std::move(record)](std::exception_ptr e) {

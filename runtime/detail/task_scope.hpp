@@ -4,18 +4,17 @@
 // A task_record lives as long as its task (the task's completion holds the
 // last reference) and, while the task runs, is linked into its scope's list.
 // Cancelling a scope requests its stop_source (plain tasks and stop tokens
-// hear that) and posts, to the strand of each coroutine task, an emit of
+// hear that) and posts, to the executor of each coroutine task, an emit of
 // asio::cancellation_type::terminal on the task's cancellation signal: the
 // channel operation the task is parked in completes with operation_aborted
-// and takes nothing. The emit runs on the task's own strand, serialised with
-// the task's resumptions as Asio requires, and is skipped once the task is
-// done.
+// and takes nothing. The emit runs on the task's own executor, serialised
+// with the task's resumptions as Asio requires, and is skipped once the task
+// is done.
 #pragma once
 
 #include <asio/cancellation_signal.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
-#include <asio/strand.hpp>
 
 #include <condition_variable>
 #include <cstddef>
@@ -27,15 +26,16 @@
 #include <stop_token>
 #include <system_error>
 
+#include "task_executor.hpp"
+
 namespace csp::detail {
 
 class task_scope;
 
 struct task_record : std::enable_shared_from_this<task_record> {
-    using strand_type = asio::strand<asio::io_context::executor_type>;
-    asio::cancellation_signal signal;  // coroutine tasks; used on `strand` only
-    std::optional<strand_type> strand;  // a coroutine task's; empty for a plain task
-    bool done = false;                  // set on `strand` by the task's completion
+    asio::cancellation_signal signal;  // coroutine tasks; used on `executor` only
+    std::optional<task_executor> executor;  // a coroutine task's; empty for a plain task
+    bool done = false;                      // set on `executor` by the task's completion
     task_scope* scope = nullptr;
     task_record* prev = nullptr;  // guarded by scope->mu_
     task_record* next = nullptr;  // guarded by scope->mu_
@@ -128,8 +128,8 @@ private:
         cancelled_ = true;
         stop_.request_stop();
         for (task_record* r = head_; r; r = r->next) {
-            if (!r->strand) continue;
-            asio::post(*r->strand, [keep = r->shared_from_this()] {
+            if (!r->executor) continue;
+            asio::post(*r->executor, [keep = r->shared_from_this()] {
                 if (!keep->done) keep->signal.emit(asio::cancellation_type::terminal);
             });
         }

@@ -1,0 +1,356 @@
+// csp::detail::task_context, task_executor — where a coroutine task runs.
+//
+// Every coroutine task has a task_context: a serial queue of the task's
+// handlers (its resumptions, its completion, the cancellations aimed at it)
+// that runs them one at a time, in order, on any worker of the runtime's
+// io_context. task_executor is the Asio executor that feeds it; it is the
+// executor of the task's awaitable frames, so every channel operation,
+// timer or Asio operation of the task completes through it.
+//
+// It does a strand's job, for less: a strand takes a mutex (shared with
+// other strands) three times per handler and is reference counted with a
+// shared_ptr; a task_context is one lock-free stack and an intrusive count.
+// And it keeps a hand-off on one thread as Go's `runnext` does: when a task
+// running on a worker readies another task of the same runtime (a channel
+// operation completing a parked peer: a continuation), the readied task does
+// not go through the io_context's queue; it waits in the worker's `runnext`
+// slot and runs on that worker as soon as the current task gives the thread
+// back. A second readied task pushes the first out to the io_context's
+// shared queue, where an idle worker picks it up. A chain of runnext hand-
+// offs (two tasks ping-ponging) gives the thread back to the io_context
+// after kMaxChain tasks, so that queued work is never starved by it.
+//
+// State of a context (head_):
+//   nullptr        idle: no handler queued, no runner scheduled;
+//   running_mark() a runner is scheduled or running and nothing is queued;
+//   a node       a runner is scheduled or running; the nodes are queued,
+//                newest first.
+// Whoever moves head_ out of nullptr schedules the one runner; only the
+// runner moves it back to nullptr, and only when nothing is queued.
+//
+// Lifetime: intrusive reference count. The task's record holds one, every
+// executor copy holds one, and a scheduled runner holds one, so a handler
+// that ends the task (and drops the record) never frees the context under
+// its own runner.
+#pragma once
+
+#include <asio/execution.hpp>
+#include <asio/io_context.hpp>
+#include <asio/prefer.hpp>
+#include <asio/recycling_allocator.hpp>
+#include <asio/require.hpp>
+
+#include <atomic>
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+namespace csp::detail {
+
+class task_context {
+public:
+    explicit task_context(asio::io_context& ctx) noexcept : ctx_(ctx) {}
+    task_context(const task_context&) = delete;
+    task_context& operator=(const task_context&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    asio::io_context& context() const noexcept { return ctx_; }
+    bool running_in_this_thread() const noexcept { return this_thread().current == this; }
+
+    // Runs f after every handler queued before it, never concurrently with
+    // another handler of this context. `may_run_inline`: f may run right
+    // here when this thread already runs this context (blocking.possibly).
+    // `continuation`: the caller is about to give its thread back (Asio's
+    // relationship.continuation), so f may run next on this thread.
+    template <class F>
+    void execute(F&& f, bool may_run_inline, bool continuation) {
+        if (may_run_inline && running_in_this_thread()) {
+            std::decay_t<F> local(std::forward<F>(f));
+            local();
+            return;
+        }
+        if (push(make_node(std::forward<F>(f)))) schedule(may_run_inline, continuation);
+    }
+
+private:
+    static constexpr int kMaxChain = 64;     // runnext hand-offs before the io_context gets the thread back
+    static constexpr int kMaxHandlers = 64;  // handlers of one context per turn
+
+    struct node {
+        node* next = nullptr;
+        void (*finish)(node*, bool run) = nullptr;  // runs (or only destroys) and frees
+    };
+
+    template <class F>
+    struct handler_node : node {
+        using alloc = asio::recycling_allocator<handler_node>;
+        explicit handler_node(F&& f) : fn(std::move(f)) { finish = &finish_impl; }
+        static void finish_impl(node* n, bool run) {
+            auto* self = static_cast<handler_node*>(n);
+            F fn(std::move(self->fn));  // free before running: the memory is back for the next operation
+            alloc a;
+            std::allocator_traits<alloc>::destroy(a, self);
+            std::allocator_traits<alloc>::deallocate(a, self, 1);
+            if (run) fn();
+        }
+        F fn;
+    };
+
+    // Per thread: the context running here and the runnext slot (the slot
+    // holds a runner's reference; it is used only while this thread runs a
+    // runner of `ctx`, whose loop empties it).
+    struct thread_state {
+        task_context* current = nullptr;
+        task_context* runnext = nullptr;
+        asio::io_context* ctx = nullptr;
+    };
+    static thread_state& this_thread() noexcept {
+        thread_local thread_state s;
+        return s;
+    }
+
+    // The one scheduled runner of a context: owns a reference.
+    class runner {
+    public:
+        explicit runner(task_context* c) noexcept : c_(c) {}
+        runner(runner&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+        runner& operator=(runner&&) = delete;
+        ~runner() {
+            if (c_) c_->abandon();
+        }
+        void operator()() { run_chain(std::exchange(c_, nullptr)); }
+
+    private:
+        task_context* c_;
+    };
+
+    ~task_context() { destroy_queued(head_.exchange(nullptr, std::memory_order_acquire)); }
+
+    template <class F>
+    static node* make_node(F&& f) {
+        using hn = handler_node<std::decay_t<F>>;
+        typename hn::alloc a;
+        hn* p = std::allocator_traits<typename hn::alloc>::allocate(a, 1);
+        try {
+            std::allocator_traits<typename hn::alloc>::construct(a, p, std::decay_t<F>(std::forward<F>(f)));
+        } catch (...) {
+            std::allocator_traits<typename hn::alloc>::deallocate(a, p, 1);
+            throw;
+        }
+        return p;
+    }
+
+    node* running_mark() noexcept { return &running_mark_; }
+
+    // True when this push moved the context out of idle: the caller schedules it.
+    bool push(node* n) noexcept {
+        node* old = head_.load(std::memory_order_relaxed);
+        do {
+            n->next = old == running_mark() ? nullptr : old;
+        } while (!head_.compare_exchange_weak(old, n, std::memory_order_acq_rel, std::memory_order_relaxed));
+        return old == nullptr;
+    }
+
+    void schedule(bool may_run_inline, bool continuation) {
+        add_ref();  // the runner's
+        thread_state& t = this_thread();
+        // A dispatch from a worker of the io_context runs the context right
+        // here, as a strand would: a task that starts another (co_spawn
+        // dispatches) runs it to its first suspension at once, without a
+        // trip through the queue and a wake-up of another worker.
+        if (may_run_inline && (t.ctx == &ctx_ || ctx_.get_executor().running_in_this_thread())) {
+            run_chain(this);
+            return;
+        }
+        if (continuation && t.ctx == &ctx_) {
+            // The one pushed out goes to the shared queue and wakes an idle
+            // worker: two tasks readied at once are work for two threads
+            // (paired against keeping it on this thread's private queue:
+            // pipeline 0.65x, pipeline_par 0.63x, spawn 0.67x; select4 1.4x,
+            // where the one consumer is the bottleneck and a second thread
+            // only adds contention).
+            if (task_context* pushed_out = std::exchange(t.runnext, this)) pushed_out->post_runner(false);
+            return;
+        }
+        post_runner(continuation);
+    }
+
+    // Queues this context's runner (already counted in refs_) on the
+    // io_context. A continuation stays on this thread's private queue when
+    // this is a worker; otherwise it goes to the shared queue, waking an
+    // idle worker.
+    void post_runner(bool continuation) {
+        auto ex = asio::require(ctx_.get_executor(), asio::execution::blocking.never);
+        if (continuation)
+            asio::execution::execute(asio::prefer(ex, asio::execution::relationship.continuation),
+                                     runner(this));
+        else
+            asio::execution::execute(ex, runner(this));
+    }
+
+    // Runs `first`, then what its handlers put in this thread's runnext slot,
+    // and so on, kMaxChain at most.
+    static void run_chain(task_context* first) {
+        thread_state& t = this_thread();
+        asio::io_context* const outer = std::exchange(t.ctx, &first->ctx_);
+        if (outer) {  // nested in another runner (a handler ran the io_context): leave runnext to it
+            first->run_turn();
+            first->release();
+            t.ctx = outer;
+            return;
+        }
+        task_context* c = first;
+        for (int chained = 1; c; ++chained) {
+            c->run_turn();
+            c->release();
+            c = std::exchange(t.runnext, nullptr);
+            if (c && chained == kMaxChain) {
+                // Behind what is already queued, but on this thread: a
+                // ping-pong pair goes on here after the others had their turn,
+                // without waking (and moving to) another worker.
+                c->post_runner(true);
+                c = nullptr;
+            }
+        }
+        t.ctx = nullptr;
+    }
+
+    // One turn: the queued handlers, oldest first, until none is left
+    // (the context goes idle) or kMaxHandlers ran (the runner is posted again).
+    void run_turn() {
+        thread_state& t = this_thread();
+        task_context* const outer = std::exchange(t.current, this);
+        int ran = 0;
+        for (;;) {
+            node* batch = head_.exchange(running_mark(), std::memory_order_acquire);
+            if (batch == running_mark()) {
+                node* expected = running_mark();
+                if (head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
+                                                  std::memory_order_relaxed))
+                    break;
+                continue;
+            }
+            node* fifo = nullptr;
+            while (batch) {
+                node* n = batch;
+                batch = n->next;
+                n->next = fifo;
+                fifo = n;
+            }
+            while (fifo) {
+                node* n = fifo;
+                fifo = n->next;
+                n->finish(n, true);
+                ++ran;
+            }
+            if (ran >= kMaxHandlers) {
+                node* expected = running_mark();
+                if (!head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
+                                                   std::memory_order_relaxed)) {
+                    add_ref();
+                    post_runner(false);
+                }
+                break;
+            }
+        }
+        t.current = outer;
+    }
+
+    // A runner destroyed unrun (the io_context went away with it queued):
+    // its handlers are destroyed unrun too, as Asio does with its own.
+    void abandon() noexcept {
+        destroy_queued(head_.exchange(nullptr, std::memory_order_acquire));
+        release();
+    }
+
+    void destroy_queued(node* n) noexcept {
+        while (n && n != running_mark()) {
+            node* next = n->next;
+            n->finish(n, false);
+            n = next;
+        }
+    }
+
+    asio::io_context& ctx_;
+    std::atomic<node*> head_{nullptr};
+    std::atomic<long> refs_{1};
+    node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
+};
+
+// The executor of a coroutine task (see the top of this file). Properties:
+// blocking.possibly (the default; dispatch runs inline when already on the
+// task) or never; relationship.fork (default) or continuation. Work is not
+// tracked per executor: the runtime keeps its io_context running until
+// every task has ended.
+class task_executor {
+public:
+    explicit task_executor(task_context& c) noexcept : c_(&c) { c_->add_ref(); }
+    task_executor(const task_executor& o) noexcept
+        : c_(o.c_), never_(o.never_), continuation_(o.continuation_) {
+        c_->add_ref();
+    }
+    task_executor(task_executor&& o) noexcept
+        : c_(std::exchange(o.c_, nullptr)), never_(o.never_), continuation_(o.continuation_) {}
+    task_executor& operator=(task_executor o) noexcept {
+        std::swap(c_, o.c_);
+        never_ = o.never_;
+        continuation_ = o.continuation_;
+        return *this;
+    }
+    ~task_executor() {
+        if (c_) c_->release();
+    }
+
+    asio::io_context& query(asio::execution::context_t) const noexcept { return c_->context(); }
+    static constexpr asio::execution::mapping_t query(asio::execution::mapping_t) noexcept {
+        return asio::execution::mapping.thread;
+    }
+    asio::execution::blocking_t query(asio::execution::blocking_t) const noexcept {
+        return never_ ? asio::execution::blocking_t(asio::execution::blocking.never)
+                      : asio::execution::blocking_t(asio::execution::blocking.possibly);
+    }
+    asio::execution::relationship_t query(asio::execution::relationship_t) const noexcept {
+        return continuation_ ? asio::execution::relationship_t(asio::execution::relationship.continuation)
+                             : asio::execution::relationship_t(asio::execution::relationship.fork);
+    }
+    static constexpr asio::execution::outstanding_work_t query(asio::execution::outstanding_work_t) noexcept {
+        return asio::execution::outstanding_work.tracked;
+    }
+
+    task_executor require(asio::execution::blocking_t::never_t) const noexcept { return with(true, continuation_); }
+    task_executor require(asio::execution::blocking_t::possibly_t) const noexcept { return with(false, continuation_); }
+    task_executor require(asio::execution::relationship_t::continuation_t) const noexcept { return with(never_, true); }
+    task_executor require(asio::execution::relationship_t::fork_t) const noexcept { return with(never_, false); }
+    task_executor require(asio::execution::outstanding_work_t::tracked_t) const noexcept { return *this; }
+    task_executor require(asio::execution::outstanding_work_t::untracked_t) const noexcept { return *this; }
+
+    template <class F>
+    void execute(F&& f) const {
+        c_->execute(std::forward<F>(f), !never_, continuation_);
+    }
+
+    bool running_in_this_thread() const noexcept { return c_->running_in_this_thread(); }
+
+    friend bool operator==(const task_executor& a, const task_executor& b) noexcept {
+        return a.c_ == b.c_ && a.never_ == b.never_ && a.continuation_ == b.continuation_;
+    }
+    friend bool operator!=(const task_executor& a, const task_executor& b) noexcept { return !(a == b); }
+
+private:
+    task_executor with(bool never, bool continuation) const noexcept {
+        task_executor e(*this);
+        e.never_ = never;
+        e.continuation_ = continuation;
+        return e;
+    }
+
+    task_context* c_;
+    bool never_ = false;
+    bool continuation_ = false;
+};
+
+}  // namespace csp::detail
