@@ -182,11 +182,7 @@ private:
     template <class F>
     void start_coroutine(detail::task_scope& scope, std::shared_ptr<detail::task_record> record,
                          F f) {
-        {
-            auto* context = new detail::task_context(ctx_);
-            record->executor.emplace(*context);
-            context->release();  // the executor holds it now
-        }
+        record->executor.emplace(contexts_.acquire());
         task_started(scope, *record);
         detail::task_record& r = *record;
         asio::co_spawn(
@@ -197,6 +193,7 @@ private:
             asio::bind_cancellation_slot(
                 r.signal.slot(), [this, record = std::move(record)](std::exception_ptr e) {
                     record->done = true;
+                    contexts_.give_back(record->executor->context());
                     task_ended(*record, e);
                 }));
     }
@@ -229,6 +226,7 @@ private:
     hooks coroutine_hooks_{*this, coroutine_parked_};
     hooks plain_hooks_{*this, plain_parked_};
     detail::task_scope root_{false};
+    detail::task_context_pool contexts_{ctx_};  // outlives ctx_: a runner queued there refers to its context
     asio::io_context ctx_;
     asio::executor_work_guard<asio::io_context::executor_type> guard_{ctx_.get_executor()};
     std::vector<std::thread> workers_;

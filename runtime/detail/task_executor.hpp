@@ -28,10 +28,15 @@
 // Whoever moves head_ out of nullptr schedules the one runner; only the
 // runner moves it back to nullptr, and only when nothing is queued.
 //
-// Lifetime: intrusive reference count. The task's record holds one, every
-// executor copy holds one, and a scheduled runner holds one, so a handler
-// that ends the task (and drops the record) never frees the context under
-// its own runner.
+// Lifetime: contexts belong to their runtime's task_context_pool and live
+// as long as the runtime. A task takes one when it starts and gives it back
+// when it ends, and the next task reuses it. An executor is therefore a
+// plain pointer, copied without touching shared memory (a channel hand-off
+// copies it three or four times), and a copy that outlives its task stays
+// valid: what is posted to it still runs, serialised with whichever task
+// holds the context now, as Asio's pooled strands serialise unrelated
+// handlers. Like an io_context's executor, it must not be used once its
+// runtime is destroyed.
 #pragma once
 
 #include <asio/execution.hpp>
@@ -41,22 +46,25 @@
 #include <asio/require.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace csp::detail {
 
 class task_context {
 public:
-    explicit task_context(asio::io_context& ctx) noexcept : ctx_(ctx) {}
+    task_context(asio::io_context& ctx, asio::detail::io_context_impl& scheduler) noexcept
+        : ctx_(ctx), scheduler_(scheduler) {
+        slot_.owner = this;
+    }
     task_context(const task_context&) = delete;
     task_context& operator=(const task_context&) = delete;
-
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
+    ~task_context() { destroy_queued(head_.exchange(nullptr, std::memory_order_acquire)); }
 
     asio::io_context& context() const noexcept { return ctx_; }
     bool running_in_this_thread() const noexcept { return this_thread().current == this; }
@@ -101,8 +109,8 @@ private:
     };
 
     // Per thread: the context running here and the runnext slot (the slot
-    // holds a runner's reference; it is used only while this thread runs a
-    // runner of `ctx`, whose loop empties it).
+    // is used only while this thread runs a runner of `ctx`, whose loop
+    // empties it).
     struct thread_state {
         task_context* current = nullptr;
         task_context* runnext = nullptr;
@@ -113,25 +121,63 @@ private:
         return s;
     }
 
-    // The one scheduled runner of a context: owns a reference.
-    class runner {
-    public:
-        explicit runner(task_context* c) noexcept : c_(c) {}
-        runner(runner&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
-        runner& operator=(runner&&) = delete;
-        ~runner() {
-            if (c_) c_->abandon();
+    // The one scheduled runner of a context, built into it, so that
+    // scheduling it allocates nothing. It is an operation of Asio's own
+    // scheduler (the io_context's implementation, an internal type of Asio)
+    // because an io_context executor would wrap it in a freshly allocated
+    // operation on the posting thread, freed on the running one: across
+    // threads, Asio's per-thread recycling caches do not help. At most one
+    // is scheduled at a time: it is posted by whoever moved head_ out of
+    // idle, or by the runner itself, and holds the context's turn until it ran.
+    struct runner_op : asio::detail::scheduler_operation {
+        explicit runner_op(task_context* c) noexcept : scheduler_operation(&do_complete), owner(c) {}
+        static void do_complete(void* scheduler, scheduler_operation* base, const asio::error_code&, std::size_t) {
+            task_context* c = static_cast<runner_op*>(base)->owner;
+            if (scheduler) run_chain(c);
+            else c->abandon();  // the io_context shuts down with it queued
         }
-        void operator()() { run_chain(std::exchange(c_, nullptr)); }
-
-    private:
-        task_context* c_;
+        task_context* owner;
     };
 
-    ~task_context() { destroy_queued(head_.exchange(nullptr, std::memory_order_acquire)); }
+    // Room for one handler in the context itself. A task has one handler
+    // queued at a time nearly always (its next resumption), and the thread
+    // that queues it is often not the one that runs it, which defeats Asio's
+    // per-thread recycling caches: the slot spares that allocation.
+    static constexpr std::size_t kSlotSize = 4 * sizeof(void*);
+    template <class F>
+    static constexpr bool fits_slot_v = sizeof(F) <= kSlotSize && alignof(F) <= alignof(std::max_align_t) &&
+                                        std::is_nothrow_move_constructible_v<F>;
+
+    struct slot_node : node {
+        task_context* owner = nullptr;
+        alignas(std::max_align_t) unsigned char storage[kSlotSize];
+    };
 
     template <class F>
-    static node* make_node(F&& f) {
+    static void finish_slot(node* n, bool run) {
+        auto* slot = static_cast<slot_node*>(n);
+        F* stored = std::launder(reinterpret_cast<F*>(slot->storage));
+        F fn(std::move(*stored));
+        stored->~F();
+        slot->owner->slot_busy_.store(false, std::memory_order_release);
+        if (run) fn();
+    }
+
+    template <class F>
+    node* make_node(F&& f) {
+        using fn = std::decay_t<F>;
+        if constexpr (fits_slot_v<fn>) {
+            if (!slot_busy_.exchange(true, std::memory_order_acquire)) {
+                ::new (static_cast<void*>(slot_.storage)) fn(std::forward<F>(f));
+                slot_.finish = &finish_slot<fn>;
+                return &slot_;
+            }
+        }
+        return make_heap_node(std::forward<F>(f));
+    }
+
+    template <class F>
+    static node* make_heap_node(F&& f) {
         using hn = handler_node<std::decay_t<F>>;
         typename hn::alloc a;
         hn* p = std::allocator_traits<typename hn::alloc>::allocate(a, 1);
@@ -156,7 +202,6 @@ private:
     }
 
     void schedule(bool may_run_inline, bool continuation) {
-        add_ref();  // the runner's
         thread_state& t = this_thread();
         // A dispatch from a worker of the io_context runs the context right
         // here, as a strand would: a task that starts another (co_spawn
@@ -179,18 +224,10 @@ private:
         post_runner(continuation);
     }
 
-    // Queues this context's runner (already counted in refs_) on the
-    // io_context. A continuation stays on this thread's private queue when
+    // Queues this context's runner on the io_context. A continuation stays on this thread's private queue when
     // this is a worker; otherwise it goes to the shared queue, waking an
     // idle worker.
-    void post_runner(bool continuation) {
-        auto ex = asio::require(ctx_.get_executor(), asio::execution::blocking.never);
-        if (continuation)
-            asio::execution::execute(asio::prefer(ex, asio::execution::relationship.continuation),
-                                     runner(this));
-        else
-            asio::execution::execute(ex, runner(this));
-    }
+    void post_runner(bool continuation) { scheduler_.post_immediate_completion(&runner_, continuation); }
 
     // Runs `first`, then what its handlers put in this thread's runnext slot,
     // and so on, kMaxChain at most.
@@ -199,14 +236,12 @@ private:
         asio::io_context* const outer = std::exchange(t.ctx, &first->ctx_);
         if (outer) {  // nested in another runner (a handler ran the io_context): leave runnext to it
             first->run_turn();
-            first->release();
             t.ctx = outer;
             return;
         }
         task_context* c = first;
         for (int chained = 1; c; ++chained) {
             c->run_turn();
-            c->release();
             c = std::exchange(t.runnext, nullptr);
             if (c && chained == kMaxChain) {
                 // Behind what is already queued, but on this thread: a
@@ -250,22 +285,17 @@ private:
             if (ran >= kMaxHandlers) {
                 node* expected = running_mark();
                 if (!head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
-                                                   std::memory_order_relaxed)) {
-                    add_ref();
+                                                   std::memory_order_relaxed))
                     post_runner(false);
-                }
                 break;
             }
         }
         t.current = outer;
     }
 
-    // A runner destroyed unrun (the io_context went away with it queued):
+    // A runner destroyed unrun (the io_context shut down with it queued):
     // its handlers are destroyed unrun too, as Asio does with its own.
-    void abandon() noexcept {
-        destroy_queued(head_.exchange(nullptr, std::memory_order_acquire));
-        release();
-    }
+    void abandon() noexcept { destroy_queued(head_.exchange(nullptr, std::memory_order_acquire)); }
 
     void destroy_queued(node* n) noexcept {
         while (n && n != running_mark()) {
@@ -276,34 +306,23 @@ private:
     }
 
     asio::io_context& ctx_;
+    asio::detail::io_context_impl& scheduler_;
+    runner_op runner_{this};
     std::atomic<node*> head_{nullptr};
-    std::atomic<long> refs_{1};
+    slot_node slot_;                      // holds a handler while slot_busy_
+    std::atomic<bool> slot_busy_{false};  // set by the poster that took slot_, cleared by whoever finishes it
     node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
 };
 
-// The executor of a coroutine task (see the top of this file). Properties:
+// The executor of a coroutine task (see the top of this file): a pointer to
+// its context and two properties:
 // blocking.possibly (the default; dispatch runs inline when already on the
 // task) or never; relationship.fork (default) or continuation. Work is not
 // tracked per executor: the runtime keeps its io_context running until
 // every task has ended.
 class task_executor {
 public:
-    explicit task_executor(task_context& c) noexcept : c_(&c) { c_->add_ref(); }
-    task_executor(const task_executor& o) noexcept
-        : c_(o.c_), never_(o.never_), continuation_(o.continuation_) {
-        c_->add_ref();
-    }
-    task_executor(task_executor&& o) noexcept
-        : c_(std::exchange(o.c_, nullptr)), never_(o.never_), continuation_(o.continuation_) {}
-    task_executor& operator=(task_executor o) noexcept {
-        std::swap(c_, o.c_);
-        never_ = o.never_;
-        continuation_ = o.continuation_;
-        return *this;
-    }
-    ~task_executor() {
-        if (c_) c_->release();
-    }
+    explicit task_executor(task_context& c) noexcept : c_(&c) {}
 
     asio::io_context& query(asio::execution::context_t) const noexcept { return c_->context(); }
     static constexpr asio::execution::mapping_t query(asio::execution::mapping_t) noexcept {
@@ -334,6 +353,7 @@ public:
     }
 
     bool running_in_this_thread() const noexcept { return c_->running_in_this_thread(); }
+    task_context& context() const noexcept { return *c_; }
 
     friend bool operator==(const task_executor& a, const task_executor& b) noexcept {
         return a.c_ == b.c_ && a.never_ == b.never_ && a.continuation_ == b.continuation_;
@@ -342,7 +362,7 @@ public:
 
 private:
     task_executor with(bool never, bool continuation) const noexcept {
-        task_executor e(*this);
+        task_executor e = *this;
         e.never_ = never;
         e.continuation_ = continuation;
         return e;
@@ -351,6 +371,42 @@ private:
     task_context* c_;
     bool never_ = false;
     bool continuation_ = false;
+};
+
+// The contexts of one runtime. A finished task's context is reused by the
+// next task (most recently freed first: its memory is likely still in
+// cache); all are freed with the pool, which the runtime destroys after its
+// io_context (a runner still queued there refers to its context).
+class task_context_pool {
+public:
+    explicit task_context_pool(asio::io_context& ctx) : ctx_(ctx) {}
+
+    task_context& acquire() {
+        std::lock_guard g(mu_);
+        if (!free_.empty()) {
+            task_context* c = free_.back();
+            free_.pop_back();
+            return *c;
+        }
+        if (!scheduler_) scheduler_ = &asio::use_service<asio::detail::io_context_impl>(ctx_);
+        all_.push_back(std::make_unique<task_context>(ctx_, *scheduler_));
+        free_.reserve(all_.capacity());  // so that give_back never allocates
+        return *all_.back();
+    }
+
+    // Called when the task that held `c` has ended; handlers still queued
+    // on it (or posted later through an old executor) still run.
+    void give_back(task_context& c) noexcept {
+        std::lock_guard g(mu_);
+        free_.push_back(&c);
+    }
+
+private:
+    asio::io_context& ctx_;
+    std::mutex mu_;
+    asio::detail::io_context_impl* scheduler_ = nullptr;  // guarded by mu_; looked up once
+    std::vector<std::unique_ptr<task_context>> all_;  // guarded by mu_
+    std::vector<task_context*> free_;                 // guarded by mu_
 };
 
 }  // namespace csp::detail
