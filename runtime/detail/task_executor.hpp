@@ -8,8 +8,9 @@
 // timer or Asio operation of the task completes through it.
 //
 // It does a strand's job, for less: a strand takes a mutex (shared with
-// other strands) three times per handler and is reference counted with a
-// shared_ptr; a task_context is one lock-free stack and an intrusive count.
+// other strands) three times per handler, allocates its invoker and is
+// reference counted with a shared_ptr; a task_context is one lock-free
+// stack, with its runner and room for one handler built in.
 // And it keeps a hand-off on one thread as Go's `runnext` does: when a task
 // running on a worker readies another task of the same runtime (a channel
 // operation completing a parked peer: a continuation), the readied task does
@@ -23,8 +24,8 @@
 // State of a context (head_):
 //   nullptr        idle: no handler queued, no runner scheduled;
 //   running_mark() a runner is scheduled or running and nothing is queued;
-//   a node       a runner is scheduled or running; the nodes are queued,
-//                newest first.
+//   a node         a runner is scheduled or running; the nodes are queued,
+//                  newest first.
 // Whoever moves head_ out of nullptr schedules the one runner; only the
 // runner moves it back to nullptr, and only when nothing is queued.
 //
@@ -224,9 +225,9 @@ private:
         post_runner(continuation);
     }
 
-    // Queues this context's runner on the io_context. A continuation stays on this thread's private queue when
-    // this is a worker; otherwise it goes to the shared queue, waking an
-    // idle worker.
+    // Queues this context's runner on the io_context. A continuation stays
+    // on this thread's private queue when this is a worker; otherwise it
+    // goes to the shared queue, waking an idle worker.
     void post_runner(bool continuation) { scheduler_.post_immediate_completion(&runner_, continuation); }
 
     // Runs `first`, then what its handlers put in this thread's runnext slot,
@@ -256,7 +257,10 @@ private:
 
     // One turn: the queued handlers, oldest first, until none is left
     // (the context goes idle) or kMaxHandlers ran (the runner is posted again).
-    void run_turn() {
+    // A handler that throws ends the process, as an exception escaping
+    // io_context::run() on a worker thread would (the runtime's own handlers
+    // never throw); carrying on would lose the handlers taken for this turn.
+    void run_turn() noexcept {
         thread_state& t = this_thread();
         task_context* const outer = std::exchange(t.current, this);
         int ran = 0;
