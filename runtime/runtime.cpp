@@ -26,6 +26,7 @@ unsigned resolve_workers(unsigned workers) {
 runtime::runtime(unsigned workers)
     : ctx_(static_cast<int>(resolve_workers(workers))),
       blocking_([this] { install_thread_hooks(plain_hooks_); }) {
+    detail::direct_post_hook.store(&detail::post_direct_to_task, std::memory_order_release);
     workers = resolve_workers(workers);
     workers_.reserve(workers);
     for (unsigned i = 0; i < workers; ++i) {

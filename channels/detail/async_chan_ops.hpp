@@ -18,13 +18,6 @@
 
 namespace csp::detail {
 
-// Runs Op::complete on the handler's executor.
-template <class Op>
-struct run_completion {
-    Op* op;
-    void operator()() { op->complete(); }
-};
-
 // What a receive or a send does under the lock; Kind supplies it.
 template <class T, class Handler, class Kind>
 class async_chan_op final : public async_waiter<Handler>, Kind {

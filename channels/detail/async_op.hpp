@@ -42,6 +42,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "direct_completion.hpp"
 #include "park_hooks.hpp"
 #include "waiter.hpp"
 
@@ -75,6 +76,13 @@ struct completion_traits {
                          asio::execution::allocator(asio::get_associated_allocator(h))),
             std::forward<F>(f));
     }
+};
+
+// Runs Op::complete on the handler's executor.
+template <class Op>
+struct run_completion {
+    Op* op;
+    void operator()() { op->complete(); }
 };
 
 // Base of the operations: the handler, its executor (work tracked until the
@@ -117,12 +125,19 @@ protected:
     // the cancellation forever, so the retry completes as cancelled instead.
     bool cancellation_missed() const noexcept { return cancel_missed_.load(std::memory_order_relaxed); }
 
-    template <class F>
-    void post(F&& f) noexcept {
+    template <class Op>
+    void post(run_completion<Op> f) noexcept {
         if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
         // Unset only for an operation that completed at once, on its own thread.
         if (!work_) work_.emplace(traits::track(handler_));
-        traits::post(*work_, handler_, std::forward<F>(f));
+        if constexpr (std::is_same_v<typename traits::work, asio::any_io_executor>) {
+            if (direct_post_fn direct = direct_post_hook.load(std::memory_order_acquire)) {
+                direct_.target = f.op;
+                direct_.finish = &finish_direct<Op>;
+                if (direct(*work_, direct_)) return;
+            }
+        }
+        traits::post(*work_, handler_, std::move(f));
     }
 
     Handler handler_;
@@ -140,6 +155,19 @@ private:
         async_waiter* w_;
     };
 
+    // The completion as an executor's queue node (direct_completion.hpp);
+    // used once per post, after the operation was claimed.
+    struct direct_node : direct_completion {
+        void* target = nullptr;  // the Op
+    };
+    template <class Op>
+    static void finish_direct(direct_completion* c, bool run) {
+        // Not run: the operation stays allocated, as it does when Asio
+        // destroys an unrun run_completion.
+        if (run) static_cast<Op*>(static_cast<direct_node*>(c)->target)->complete();
+    }
+
+    direct_node direct_;
     asio::cancellation_slot slot_;
     park_hooks* hooks_ = nullptr;
     // Set by the cancellation handler, read by the completion: both run

@@ -40,6 +40,7 @@
 // runtime is destroyed.
 #pragma once
 
+#include <asio/any_io_executor.hpp>
 #include <asio/execution.hpp>
 #include <asio/io_context.hpp>
 #include <asio/prefer.hpp>
@@ -52,8 +53,11 @@
 #include <mutex>
 #include <new>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
+
+#include <channels/detail/direct_completion.hpp>
 
 namespace csp::detail {
 
@@ -85,14 +89,19 @@ public:
         if (push(make_node(std::forward<F>(f)))) schedule(may_run_inline, continuation);
     }
 
+    // A channel operation's completion, queued as execute() with
+    // blocking.never and relationship.continuation would, without wrapping.
+    void post_continuation(direct_completion& c) {
+        if (push(&c)) schedule(false, true);
+    }
+
 private:
     static constexpr int kMaxChain = 64;     // runnext hand-offs before the io_context gets the thread back
     static constexpr int kMaxHandlers = 64;  // handlers of one context per turn
 
-    struct node {
-        node* next = nullptr;
-        void (*finish)(node*, bool run) = nullptr;  // runs (or only destroys) and frees
-    };
+    // A queued handler: runs (or only destroys) and frees itself. A channel
+    // operation's completion comes as the node built into the operation.
+    using node = direct_completion;
 
     template <class F>
     struct handler_node : node {
@@ -376,6 +385,15 @@ private:
     bool never_ = false;
     bool continuation_ = false;
 };
+
+// direct_post_hook (channels/detail/direct_completion.hpp): a completion
+// whose executor is a task's goes straight onto the task's queue.
+inline bool post_direct_to_task(const asio::any_io_executor& ex, direct_completion& c) {
+    // Asio 1.22's target<T>() does not check the type: target_type() does.
+    if (!ex || ex.target_type() != typeid(task_executor)) return false;
+    ex.target<task_executor>()->context().post_continuation(c);
+    return true;
+}
 
 // The contexts of one runtime. A finished task's context is reused by the
 // next task (most recently freed first: its memory is likely still in
