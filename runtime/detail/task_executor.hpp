@@ -10,7 +10,8 @@
 // It does a strand's job, for less: a strand takes a mutex (shared with
 // other strands) three times per handler, allocates its invoker and is
 // reference counted with a shared_ptr; a task_context is one lock-free
-// stack, with its runner and room for one handler built in.
+// stack with its runner built in (a channel operation's completion comes as
+// the node built into the operation: direct_completion.hpp).
 // And it keeps a hand-off on one thread as Go's `runnext` does: when a task
 // running on a worker readies another task of the same runtime (a channel
 // operation completing a parked peer: a continuation), the readied task does
@@ -51,7 +52,6 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -64,9 +64,7 @@ namespace csp::detail {
 class task_context {
 public:
     task_context(asio::io_context& ctx, asio::detail::io_context_impl& scheduler) noexcept
-        : ctx_(ctx), scheduler_(scheduler) {
-        slot_.owner = this;
-    }
+        : ctx_(ctx), scheduler_(scheduler) {}
     task_context(const task_context&) = delete;
     task_context& operator=(const task_context&) = delete;
     ~task_context() { destroy_queued(head_.exchange(nullptr, std::memory_order_acquire)); }
@@ -149,45 +147,8 @@ private:
         task_context* owner;
     };
 
-    // Room for one handler in the context itself. A task has one handler
-    // queued at a time nearly always (its next resumption), and the thread
-    // that queues it is often not the one that runs it, which defeats Asio's
-    // per-thread recycling caches: the slot spares that allocation.
-    static constexpr std::size_t kSlotSize = 4 * sizeof(void*);
     template <class F>
-    static constexpr bool fits_slot_v = sizeof(F) <= kSlotSize && alignof(F) <= alignof(std::max_align_t) &&
-                                        std::is_nothrow_move_constructible_v<F>;
-
-    struct slot_node : node {
-        task_context* owner = nullptr;
-        alignas(std::max_align_t) unsigned char storage[kSlotSize];
-    };
-
-    template <class F>
-    static void finish_slot(node* n, bool run) {
-        auto* slot = static_cast<slot_node*>(n);
-        F* stored = std::launder(reinterpret_cast<F*>(slot->storage));
-        F fn(std::move(*stored));
-        stored->~F();
-        slot->owner->slot_busy_.store(false, std::memory_order_release);
-        if (run) fn();
-    }
-
-    template <class F>
-    node* make_node(F&& f) {
-        using fn = std::decay_t<F>;
-        if constexpr (fits_slot_v<fn>) {
-            if (!slot_busy_.exchange(true, std::memory_order_acquire)) {
-                ::new (static_cast<void*>(slot_.storage)) fn(std::forward<F>(f));
-                slot_.finish = &finish_slot<fn>;
-                return &slot_;
-            }
-        }
-        return make_heap_node(std::forward<F>(f));
-    }
-
-    template <class F>
-    static node* make_heap_node(F&& f) {
+    static node* make_node(F&& f) {
         using hn = handler_node<std::decay_t<F>>;
         typename hn::alloc a;
         hn* p = std::allocator_traits<typename hn::alloc>::allocate(a, 1);
@@ -322,8 +283,6 @@ private:
     asio::detail::io_context_impl& scheduler_;
     runner_op runner_{this};
     std::atomic<node*> head_{nullptr};
-    slot_node slot_;                      // holds a handler while slot_busy_
-    std::atomic<bool> slot_busy_{false};  // set by the poster that took slot_, cleared by whoever finishes it
     node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
 };
 
