@@ -201,7 +201,7 @@ struct initiate_select {
     }
 };
 
-// co_await async_select(use_awaitable, ...): pass 1 (a ready case, the
+// co_await async_select(use_awaitable, ...): passes 0 and 1 (a ready case, the
 // default, an expired deadline) runs without suspending, as a goroutine's
 // select that finds a case ready does; only a select that must wait becomes
 // an operation.
@@ -212,9 +212,12 @@ asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
     {
         select_plan plan(cases.cases(), cases.size(), cases.locks(), cases.order());
         plan.shuffle(cases.order());
-        wake_list woken;  // destroyed after `held`: wakes run unlocked
-        lock_set held(cases.locks(), plan.nlocks);
-        chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
+        chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
+        if (chosen < 0) {
+            wake_list woken;  // destroyed after `held`: wakes run unlocked
+            lock_set held(cases.locks(), plan.nlocks);
+            chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
+        }
     }
     if (chosen >= 0) {
         cases.cases()[chosen]->run(how);  // a handler's exception leaves through co_await

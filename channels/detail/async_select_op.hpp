@@ -166,8 +166,8 @@ private:
         }
     };
 
-    // Pass 1, then either a completion (inline when the caller is to run
-    // it: true; otherwise posted) or pass 2 (registration).
+    // Passes 0 and 1, then either a completion (inline when the caller is
+    // to run it: true; otherwise posted) or pass 2 (registration).
     // Once a node is published, or the timer or stop callback is armed, the
     // completion may run on another thread before this returns: the
     // reference taken here keeps the memory alive until then, and arm_mu_
@@ -179,9 +179,12 @@ private:
             ~unref() { op->drop_ref(); }
         } keep{this};
         plan_.shuffle(cases_.order());
-        int chosen;
         outcome how;
-        {
+        int chosen = plan_.poll_unlocked(cases_.cases(), cases_.order(), how);
+        if (chosen >= 0) {
+            this->state.store(chosen, std::memory_order_relaxed);
+            this->result = how;
+        } else {
             wake_list woken;
             lock_set held(cases_.locks(), plan_.nlocks);
             chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);

@@ -260,6 +260,20 @@ public:
         return recv_locked(out, woken);
     }
 
+    // Without the lock, for select's first pass: false when this channel
+    // has no lock-free path (its operations need the lock); otherwise the
+    // outcome of one lock-free attempt in `p`.
+    bool send_unlocked(T& v, poll& p) {
+        if (!lock_free()) return false;
+        p = send_fast(v);
+        return true;
+    }
+    bool recv_unlocked(std::optional<T>& out, poll& p) {
+        if (!lock_free()) return false;
+        p = recv_fast(out);
+        return true;
+    }
+
     status try_send(T& v) {
         if (lock_free()) {
             switch (send_fast(v)) {

@@ -29,6 +29,10 @@ public:
     virtual chan_base* channel() const noexcept { return nullptr; }
     // Requires channel()'s lock. Completes the case now if it is ready.
     virtual poll try_now(wake_list&) { return poll::blocked; }
+    // Without any lock: false if the case cannot be tried that way (its
+    // channel's operations need the lock); otherwise completes the case now
+    // if it is ready, with the outcome in `p`.
+    virtual bool try_unlocked(poll&) { return false; }
     // Requires channel()'s lock.
     virtual void enqueue(waiter&, int) noexcept {}
     // Requires channel()'s lock, after the waiter is registered everywhere
@@ -54,6 +58,11 @@ public:
     chan_base* channel() const noexcept override { return ch_; }
     poll try_now(wake_list& woken) override {
         return ch_ ? ch_->recv_locked(value_, woken) : poll::blocked;
+    }
+    bool try_unlocked(poll& p) override {
+        if (ch_) return ch_->recv_unlocked(value_, p);
+        p = poll::blocked;  // a null channel is never ready
+        return true;
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
@@ -102,6 +111,11 @@ public:
     poll try_now(wake_list& woken) override {
         return ch_ ? ch_->send_locked(value(), woken) : poll::blocked;
     }
+    bool try_unlocked(poll& p) override {
+        if (ch_) return ch_->send_unlocked(value(), p);
+        p = poll::blocked;
+        return true;
+    }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
         node_.owner = &w;
@@ -143,6 +157,10 @@ public:
     }
     poll try_now(wake_list&) override {
         return kind == case_kind::stop && stop.stop_requested() ? poll::done : poll::blocked;
+    }
+    bool try_unlocked(poll& p) override {
+        p = kind == case_kind::stop && stop.stop_requested() ? poll::done : poll::blocked;
+        return true;
     }
     void run(outcome) override { std::invoke(f_); }
 

@@ -1,6 +1,8 @@
 // csp::detail::select_engine — the blocking select loop over type-erased cases.
 //
-// The passes follow Go's selectgo:
+// The passes follow Go's selectgo, with one before them:
+//   pass 0: without locks, try the cases in a random order up to the first
+//           whose channel needs its lock (see select_plan::poll_unlocked);
 //   pass 1: with every channel locked (in address order), try the cases in
 //           a random order; the first ready one wins, so each ready case is
 //           equally likely to be chosen.
@@ -109,6 +111,32 @@ struct select_plan {
             std::swap(order[j], order[random_below(static_cast<std::uint32_t>(j + 1))]);
     }
 
+    // Pass 0, before any lock: the cases in `order` are tried one by one
+    // on their lock-free paths (a buffered channel's ring, a stop token), up
+    // to the first case that has none. Returns the chosen case or -1.
+    //
+    // Why: a select over busy buffered channels (Go's fan-in) mostly finds
+    // a value, and taking every channel's lock to pop one from a ring that
+    // needs no lock made the locks the cost, shared with every producer's
+    // hand-over. Each attempt is one atomic operation that completes the
+    // case or changes nothing, so choosing the first ready one is the
+    // choice pass 1 would make at that instant. Stopping at the first case
+    // that needs a lock keeps the order fair: pass 1 then tries every case
+    // in the same random order, so a case on an unbuffered channel is not
+    // passed over because a buffered one came after it.
+    int poll_unlocked(case_base* const* cs, const int* order, outcome& how) {
+        for (int j = 0; j < polled; ++j) {
+            poll p;
+            if (!cs[order[j]]->try_unlocked(p)) return -1;
+            switch (p) {
+                case poll::done: how = outcome::delivered; return order[j];
+                case poll::closed: how = outcome::closed; return order[j];
+                case poll::blocked: break;
+            }
+        }
+        return -1;
+    }
+
     // Requires every lock in the plan. Pass 1, then the default or an expired
     // deadline; returns the chosen case or -1, and how it completed. Sets
     // the timeout case's deadline when it is pending, before any wait reads it.
@@ -153,7 +181,7 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
         thread_waiter w;
         int chosen;
         outcome how;
-        {
+        if ((chosen = plan.poll_unlocked(cs, order, how)) < 0) {
             wake_list woken;  // destroyed after `held`: wakes run unlocked
             lock_set held(locks, nlocks);
             chosen = plan.poll_all(cs, order, woken, how);  // pass 1
