@@ -4,7 +4,10 @@
 //   co_await out.async_send(std::move(x), asio::use_awaitable);
 //   ch.async_recv([](std::error_code ec, std::optional<int> v) { ... });
 //
-// Every completion token works (use_awaitable, callbacks, use_future,
+// In a csp::task (runtime/task.hpp), the token is csp::use_task
+// (detail/task_ops.hpp): an operation that completes now does not suspend.
+//
+// Every Asio completion token works (use_awaitable, callbacks, use_future,
 // experimental::deferred, as_tuple, bind_cancellation_slot): the operations
 // are written with asio::async_initiate. The completion runs on the
 // handler's associated executor (asio::system_executor for a handler that
@@ -24,6 +27,7 @@
 #include "chan.hpp"
 #include "detail/async_chan_ops.hpp"
 #include "detail/async_select_op.hpp"
+#include "detail/task_ops.hpp"
 #include "select.hpp"
 #include "error_code.hpp"
 
@@ -145,7 +149,9 @@ template <class T, class Self>
 template <class Token>
 auto send_api<T, Self>::async_send(T&& v, Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_send");
-    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+    if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
+        return task_send_awaiter<T, T>(s, std::move(v));
+    } else if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename awaitable_executor<std::decay_t<Token>>::type;
         return awaitable_send<T, ex, T>(s, std::move(v));
     } else {
@@ -158,7 +164,9 @@ template <class T, class Self>
 template <class Token>
 auto send_api<T, Self>::async_send(T& v, Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_send");
-    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+    if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
+        return task_send_awaiter<T, T*>(s, &v);
+    } else if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename awaitable_executor<std::decay_t<Token>>::type;
         return awaitable_send<T, ex, T*>(s, &v);
     } else {
@@ -179,7 +187,9 @@ template <class T, class Self>
 template <class Token>
 auto recv_api<T, Self>::async_recv(Token&& token) const {
     const auto& s = live_shared(self().shared_state(), "async_recv");
-    if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
+    if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
+        return task_recv_awaiter<T>(s);
+    } else if constexpr (is_use_awaitable_v<std::decay_t<Token>>) {
         return awaitable_recv<T, typename awaitable_executor<std::decay_t<Token>>::type>(s);
     } else {
         return asio::async_initiate<Token, void(std::error_code, std::optional<T>)>(
@@ -258,7 +268,9 @@ template <class Token, detail::select_case... C>
     requires(sizeof...(C) > 0)
 auto async_select(Token&& token, C&&... cases) {
     using storage = detail::owned_cases<std::remove_cvref_t<C>...>;
-    if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
+    if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
+        return detail::task_select_awaiter<storage>(storage(std::forward<C>(cases)...));
+    } else if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
         return detail::awaitable_select<ex>(storage(std::forward<C>(cases)...));
     } else {
@@ -274,7 +286,10 @@ template <class Token, std::ranges::forward_range R>
 auto async_select(Token&& token, R& cases) {
     std::vector<detail::case_base*> cs;
     for (auto&& c : cases) cs.push_back(detail::as_case(c));
-    if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
+    if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
+        return detail::task_select_awaiter<detail::borrowed_cases>(
+            detail::borrowed_cases(std::move(cs)));
+    } else if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
         return detail::awaitable_select<ex>(detail::borrowed_cases(std::move(cs)));
     } else {

@@ -60,6 +60,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/co_spawn.hpp>
+#include <asio/dispatch.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/strand.hpp>
@@ -78,9 +79,11 @@
 
 #include "detail/blocking_pool.hpp"
 #include "detail/task_scope.hpp"
+#include "task.hpp"
 
 namespace csp {
 
+class runtime;
 class task_group;
 namespace detail {
 struct timer_access;
@@ -109,6 +112,30 @@ template <class T>
 inline constexpr bool is_awaitable_v = false;
 template <class T, class E>
 inline constexpr bool is_awaitable_v<asio::awaitable<T, E>> = true;
+
+// The record of a csp::task given to go(): the task's env lives here, and
+// the record keeps itself alive until the task has ended.
+struct native_task_record : task_record, task_root_env {
+    runtime* rt = nullptr;
+    std::shared_ptr<task_record> self;  // released when the task ends
+};
+
+// The runtime's cancellation of a csp::task (task_scope.hpp: emitted on the
+// task's executor): later operations throw, the waiting one is cancelled.
+struct forward_cancellation {
+    native_task_record* r;
+    void operator()(asio::cancellation_type_t type) const {
+        r->cancelled = true;
+        r->operation_signal.emit(type);
+    }
+};
+
+// A callable's task, awaited in a frame that keeps the callable (and so a
+// lambda's captures) alive for the whole task.
+template <class F>
+task<void> run_task_callable(F f, std::stop_token st) {
+    co_await invoke_task(f, st);
+}
 }  // namespace detail
 
 class runtime {
@@ -122,8 +149,9 @@ public:
     // The process-wide runtime, created on first use and destroyed at exit.
     static runtime& default_runtime();
 
-    // Starts a task. F is an asio::awaitable<void>, a callable returning
-    // one, or a plain callable (see the top of this file).
+    // Starts a task. F is a csp::task<void> (task.hpp), an
+    // asio::awaitable<void>, a callable returning either, or a plain
+    // callable (see the top of this file).
     template <class F>
     void go(F&& f) {
         spawn(root_, std::forward<F>(f));
@@ -166,16 +194,22 @@ private:
         using fn = std::decay_t<F>;
         if (closing_.load(std::memory_order_acquire))
             throw error("csp: go() on a runtime that is shutting down");
-        auto record = std::make_shared<detail::task_record>();
-        if constexpr (detail::is_awaitable_v<fn>) {
-            start_coroutine(scope, std::move(record),
+        if constexpr (detail::is_task_v<fn>) {
+            static_assert(std::is_same_v<fn, task<void>>, "csp: go() takes a csp::task<void>");
+            start_task(scope, std::forward<F>(f));
+        } else if constexpr (detail::is_task_v<detail::task_result_t<fn>>) {
+            static_assert(std::is_same_v<detail::task_result_t<fn>, task<void>>,
+                          "csp: go() takes a callable returning csp::task<void>");
+            start_task(scope, detail::run_task_callable(fn(std::forward<F>(f)), scope.stop_token()));
+        } else if constexpr (detail::is_awaitable_v<fn>) {
+            start_coroutine(scope, std::make_shared<detail::task_record>(),
                             [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
                                 return std::move(*a);
                             });
         } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {
-            start_coroutine(scope, std::move(record), fn(std::forward<F>(f)));
+            start_coroutine(scope, std::make_shared<detail::task_record>(), fn(std::forward<F>(f)));
         } else {
-            start_plain(scope, std::move(record), fn(std::forward<F>(f)));
+            start_plain(scope, std::make_shared<detail::task_record>(), fn(std::forward<F>(f)));
         }
     }
 
@@ -196,6 +230,34 @@ private:
                     contexts_.give_back(record->executor->context());
                     task_ended(*record, e);
                 }));
+    }
+
+    // A csp::task runs on a pooled context like a co_spawned coroutine; its
+    // end comes through the record (task_ended below) instead of a
+    // completion handler.
+    void start_task(detail::task_scope& scope, task<void> t) {
+        auto record = std::make_shared<detail::native_task_record>();
+        detail::native_task_record& r = *record;
+        r.executor.emplace(contexts_.acquire());
+        r.resume_on = asio::any_io_executor(*r.executor);
+        r.rt = this;
+        r.ended = &runtime::task_ended_native;
+        r.signal.slot().template emplace<detail::forward_cancellation>(&r);
+        task_started(scope, r);
+        auto h = t.release();
+        h.promise().start_as_root(r);
+        r.self = std::move(record);
+        // As co_spawn does: from a worker the task runs at once, to its first wait.
+        asio::dispatch(*r.executor, [h] { h.resume(); });
+    }
+
+    static void task_ended_native(detail::task_root_env& env, std::exception_ptr e) {
+        auto& r = static_cast<detail::native_task_record&>(env);
+        std::shared_ptr<detail::task_record> keep = std::move(r.self);
+        r.done = true;
+        r.signal.slot().clear();
+        r.rt->contexts_.give_back(r.executor->context());
+        r.rt->task_ended(r, std::move(e));
     }
 
     template <class F>

@@ -1,20 +1,23 @@
 // csp_bench — the scenarios of shared/bench/SCENARIOS.md on csp's two faces:
 // threads (one std::thread per party, blocking send/recv/select) and tasks
-// (coroutine tasks on a csp::runtime, co_await async_send/async_recv/
-// async_select, and the stage API of runtime/pipeline.hpp).
+// (coroutine tasks on a csp::runtime: csp::task with co_await
+// async_send/async_recv/async_select(csp::use_task), or asio::awaitable).
 //
 //   csp_bench [--face=F] [scale] [scenario,scenario,...]   (as every reference program)
 //   csp_bench [--face=F] --list                            (the scenario names, one a line)
 //
-//   --face=thread  the thread face under the reference programs' names (default;
-//                  it has no spawn or fanin_timeout)
-//   --face=task    the task face under the reference programs' names, plus
-//                  pipeline_hand and pipeline_par_hand (the pipelines without
-//                  the stage API)
-//   --face=hand    the hand-written pipelines under the names pipeline and
-//                  pipeline_par, to pair them with --face=task in `compare`
-//   --face=all     both faces in one run; a task scenario that the thread
-//                  face also has is printed with the suffix _task
+//   --face=thread     the thread face under the reference programs' names (default;
+//                     it has no spawn or fanin_timeout)
+//   --face=task       the task face under the reference programs' names: csp::task
+//                     tasks, the pipelines written with go() and channels
+//   --face=awaitable  the same with asio::awaitable tasks and the pipelines
+//                     through the stage API (runtime/pipeline.hpp), plus
+//                     pipeline_hand and pipeline_par_hand (written by hand)
+//   --face=hand       the hand-written awaitable pipelines under the names
+//                     pipeline and pipeline_par, to pair them with
+//                     --face=awaitable in `compare`
+//   --face=all        both faces in one run; a task scenario that the thread
+//                     face also has is printed with the suffix _task
 //
 // The structure follows the Go reference (shared/bench/go/main.go) so that
 // the numbers mean the same thing: each scenario runs once at a warm-up size,
@@ -194,7 +197,21 @@ result select4(i64 n) {
 // arguments of a co_await'ed call (double destruction); values are bound to
 // locals first.
 
-using asio::use_awaitable;
+// Each scenario is written once for both kinds of coroutine task: S is
+// task_style (csp::task with csp::use_task, the default task face) or
+// awaitable_style (asio::awaitable with asio::use_awaitable).
+struct task_style {
+    template <class T>
+    using co = csp::task<T>;
+    static constexpr const csp::use_task_t& token = csp::use_task;
+};
+struct awaitable_style {
+    template <class T>
+    using co = asio::awaitable<T>;
+    static constexpr const asio::use_awaitable_t<>& token = asio::use_awaitable;
+};
+template <class S>
+using co = typename S::template co<void>;
 template <class T>
 using aw = asio::awaitable<T>;
 
@@ -203,50 +220,52 @@ csp::runtime& rt() {
     return r;
 }
 
+template <class S>
 result pingpong_task(i64 n) {
     auto c1 = csp::make_chan<i64>();
     auto c2 = csp::make_chan<i64>();
     result r{0, 0, sum_range(n)};
-    rt().go([in = c1.as_receiver(), out = c2.as_sender()]() -> aw<void> {
-        while (auto v = co_await in.async_recv(use_awaitable)) {
+    rt().go([in = c1.as_receiver(), out = c2.as_sender()]() -> co<S> {
+        while (auto v = co_await in.async_recv(S::token)) {
             i64 x = *v;
-            co_await out.async_send(x, use_awaitable);
+            co_await out.async_send(x, S::token);
         }
         out.close();
     });
-    rt().go([c1, c2, n, &r]() -> aw<void> {
+    rt().go([c1, c2, n, &r]() -> co<S> {
         for (i64 i = 0; i < n; ++i) {
             i64 x = i;
-            co_await c1.async_send(x, use_awaitable);
-            if (auto v = co_await c2.async_recv(use_awaitable)) {
+            co_await c1.async_send(x, S::token);
+            if (auto v = co_await c2.async_recv(S::token)) {
                 r.sum += *v;
                 ++r.count;
             }
         }
         c1.close();
-        while (co_await c2.async_recv(use_awaitable)) ++r.count;  // anything extra is an error
+        while (co_await c2.async_recv(S::token)) ++r.count;  // anything extra is an error
     });
     rt().wait();
     return r;
 }
 
 // Producer task (closes at the end) and consumer task.
-aw<void> produce(csp::sender<i64> tx, i64 lo, i64 hi) {
+template <class S>
+co<S> produce(csp::sender<i64> tx, i64 lo, i64 hi) {
     for (i64 i = lo; i < hi; ++i) {
         i64 x = i;
-        co_await tx.async_send(x, use_awaitable);
+        co_await tx.async_send(x, S::token);
     }
     tx.close();
 }
 
-template <std::ptrdiff_t Capacity>
+template <class S, std::ptrdiff_t Capacity>
 result spsc_task(i64 n) {
     auto ch = csp::make_chan<i64>(Capacity);
     result r{0, 0, sum_range(n)};
-    rt().go([tx = ch.as_sender(), n] { return produce(tx, 0, n); });
-    rt().go([rx = ch.as_receiver(), &r]() -> aw<void> {
+    rt().go([tx = ch.as_sender(), n] { return produce<S>(tx, 0, n); });
+    rt().go([rx = ch.as_receiver(), &r]() -> co<S> {
         i64 count = 0, sum = 0;
-        while (auto v = co_await rx.async_recv(use_awaitable)) {
+        while (auto v = co_await rx.async_recv(S::token)) {
             sum += *v;
             ++count;
         }
@@ -257,6 +276,7 @@ result spsc_task(i64 n) {
     return r;
 }
 
+template <class S>
 result buf_mpmc_task(i64 n) {
     constexpr int producers = 4, consumers = 4;
     auto ch = csp::make_chan<i64>(1024);
@@ -264,17 +284,17 @@ result buf_mpmc_task(i64 n) {
     {
         const auto closer = ch.as_closing_sender();  // held until every producer started
         for (int p = 0; p < producers; ++p)
-            rt().go([tx = closer, rg = split(n, producers, p)]() -> aw<void> {
+            rt().go([tx = closer, rg = split(n, producers, p)]() -> co<S> {
                 for (i64 i = rg.lo; i < rg.hi; ++i) {
                     i64 x = i;
-                    co_await tx.async_send(x, use_awaitable);
+                    co_await tx.async_send(x, S::token);
                 }
             });
     }
     for (auto& mine : part)
-        rt().go([rx = ch.as_receiver(), &mine]() -> aw<void> {
+        rt().go([rx = ch.as_receiver(), &mine]() -> co<S> {
             i64 count = 0, sum = 0;
-            while (auto v = co_await rx.async_recv(use_awaitable)) {
+            while (auto v = co_await rx.async_recv(S::token)) {
                 sum += *v;
                 ++count;
             }
@@ -290,16 +310,17 @@ result buf_mpmc_task(i64 n) {
     return r;
 }
 
+template <class S>
 result select4_task(i64 n) {
     constexpr int k = 4;
     std::array<csp::channel<i64>, k> chs;
     for (int p = 0; p < k; ++p) {
         chs[p] = csp::make_chan<i64>(128);
         auto rg = split(n, k, p);
-        rt().go([tx = chs[p].as_sender(), rg] { return produce(tx, rg.lo, rg.hi); });
+        rt().go([tx = chs[p].as_sender(), rg] { return produce<S>(tx, rg.lo, rg.hi); });
     }
     result r{0, 0, sum_range(n)};
-    rt().go([&chs, &r]() -> aw<void> {
+    rt().go([&chs, &r]() -> co<S> {
         int open = k;
         i64 count = 0, sum = 0;
         auto on = [&](int p) {
@@ -315,7 +336,7 @@ result select4_task(i64 n) {
         };
         while (open > 0) {
             auto a = on(0), b = on(1), c = on(2), d = on(3);
-            co_await csp::async_select(use_awaitable, std::move(a), std::move(b), std::move(c),
+            co_await csp::async_select(S::token, std::move(a), std::move(b), std::move(c),
                                        std::move(d));
         }
         r.count = count;
@@ -327,13 +348,14 @@ result select4_task(i64 n) {
 
 // N tasks, each sends one value on a shared capacity-1024 channel; a
 // spawner task starts them while main receives (the Go reference's shape).
+template <class S>
 result spawn(i64 n) {
     auto ch = csp::make_chan<i64>(1024);
-    rt().go([tx = ch.as_sender(), n]() -> aw<void> {
+    rt().go([tx = ch.as_sender(), n]() -> co<S> {
         for (i64 i = 0; i < n; ++i)
-            rt().go([tx, i]() -> aw<void> {
+            rt().go([tx, i]() -> co<S> {
                 i64 x = i;
-                co_await tx.async_send(x, use_awaitable);
+                co_await tx.async_send(x, S::token);
             });
         co_return;
     });
@@ -352,12 +374,13 @@ result spawn(i64 n) {
 // selects over the data channel and a fresh 1 ms timeout per item.
 i64 fanin_timeouts = 0;
 
+template <class S>
 result fanin_timeout(i64 n) {
     auto data = csp::make_chan<i64>(128);
     result r{0, 0, sum_range(n)};
     i64 timeouts = 0;
-    rt().go([tx = data.as_sender(), n] { return produce(tx, 0, n); });
-    rt().go([rx = data.as_receiver(), &r, &timeouts]() -> aw<void> {
+    rt().go([tx = data.as_sender(), n] { return produce<S>(tx, 0, n); });
+    rt().go([rx = data.as_receiver(), &r, &timeouts]() -> co<S> {
         bool open = true;
         i64 count = 0, sum = 0, late = 0;
         while (open) {
@@ -370,7 +393,7 @@ result fanin_timeout(i64 n) {
                 ++count;
             });
             auto on_late = csp::on_timeout(std::chrono::milliseconds(1), [&] { ++late; });
-            co_await csp::async_select(use_awaitable, std::move(on_data), std::move(on_late));
+            co_await csp::async_select(S::token, std::move(on_data), std::move(on_late));
         }
         r.count = count;
         r.sum = sum;
@@ -423,30 +446,32 @@ result pipeline_par(i64 n) {
 
 // By hand: the same tasks and channels, written with rt().go; the sink is a
 // task too, as with the stage API's for_each().
-template <class F>
+template <class S, class F>
 csp::receiver<i64> hand_stage(csp::receiver<i64> in, F f, unsigned workers = 1) {
     auto out = csp::make_chan<i64>(128);
     const auto closer = out.as_closing_sender();  // closes when the last worker ends
     for (unsigned w = 0; w < workers; ++w)
-        rt().go([in, tx = closer, f]() -> aw<void> {
-            while (auto v = co_await in.async_recv(use_awaitable)) {
+        rt().go([in, tx = closer, f]() -> co<S> {
+            while (auto v = co_await in.async_recv(S::token)) {
                 i64 y = f(*v);
-                co_await tx.async_send(y, use_awaitable);
+                co_await tx.async_send(y, S::token);
             }
         });
     return out;
 }
 
+template <class S>
 csp::receiver<i64> hand_source(i64 n) {
     auto src = csp::make_chan<i64>(128);
-    rt().go([tx = src.as_sender(), n] { return produce(tx, 0, n); });
+    rt().go([tx = src.as_sender(), n] { return produce<S>(tx, 0, n); });
     return src;
 }
 
 // Receives everything in a task; returns once every task has ended.
+template <class S>
 void hand_sink(csp::receiver<i64> in, result& r) {
-    rt().go([in, &r]() -> aw<void> {
-        while (auto v = co_await in.async_recv(use_awaitable)) {
+    rt().go([in, &r]() -> co<S> {
+        while (auto v = co_await in.async_recv(S::token)) {
             r.sum += *v;
             ++r.count;
         }
@@ -454,19 +479,21 @@ void hand_sink(csp::receiver<i64> in, result& r) {
     rt().wait();
 }
 
+template <class S>
 result pipeline_hand(i64 n) {
-    auto s1 = hand_stage(hand_source(n), [](i64 x) { return x + 1; });
-    auto s2 = hand_stage(s1, [](i64 x) { return x * 2; });
-    auto s3 = hand_stage(s2, [](i64 x) { return x - 1; });
+    auto s1 = hand_stage<S>(hand_source<S>(n), [](i64 x) { return x + 1; });
+    auto s2 = hand_stage<S>(s1, [](i64 x) { return x * 2; });
+    auto s3 = hand_stage<S>(s2, [](i64 x) { return x - 1; });
     result r{0, 0, n * n};
-    hand_sink(s3, r);
+    hand_sink<S>(s3, r);
     return r;
 }
 
+template <class S>
 result pipeline_par_hand(i64 n) {
-    auto out = hand_stage(hand_source(n), [](i64 x) { return x * x % par_mod; }, 4);
+    auto out = hand_stage<S>(hand_source<S>(n), [](i64 x) { return x * x % par_mod; }, 4);
     result r{0, 0, want_par_cache.at(n)};
-    hand_sink(out, r);
+    hand_sink<S>(out, r);
     return r;
 }
 
@@ -528,27 +555,43 @@ constexpr std::array thread_scenarios{
     scenario{"pipeline_par", 2'000'000, pipeline_par_threads, prepare_par},
 };
 
-// The task face, under the reference programs' names; the *_hand entries
-// are the pipelines written without the stage API (no reference has them).
+// The task face, under the reference programs' names: csp::task tasks,
+// with the stage API's pipelines (runtime/pipeline.hpp) written by hand
+// (the stage API runs asio::awaitable tasks; it has its own face below).
 constexpr std::array task_scenarios{
-    scenario{"pingpong", 200'000, pingpong_task},
-    scenario{"unbuf_spsc", 1'000'000, spsc_task<0>},
-    scenario{"buf_spsc", 10'000'000, spsc_task<1024>},
-    scenario{"buf_mpmc", 10'000'000, buf_mpmc_task},
-    scenario{"select4", 4'000'000, select4_task},
-    scenario{"pipeline", 2'000'000, pipeline},
-    scenario{"pipeline_par", 2'000'000, pipeline_par, prepare_par},
-    scenario{"spawn", 200'000, spawn},
-    scenario{"fanin_timeout", 1'000'000, fanin_timeout},
-    scenario{"pipeline_hand", 2'000'000, pipeline_hand},
-    scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand, prepare_par},
+    scenario{"pingpong", 200'000, pingpong_task<task_style>},
+    scenario{"unbuf_spsc", 1'000'000, spsc_task<task_style, 0>},
+    scenario{"buf_spsc", 10'000'000, spsc_task<task_style, 1024>},
+    scenario{"buf_mpmc", 10'000'000, buf_mpmc_task<task_style>},
+    scenario{"select4", 4'000'000, select4_task<task_style>},
+    scenario{"pipeline", 2'000'000, pipeline_hand<task_style>},
+    scenario{"pipeline_par", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
+    scenario{"spawn", 200'000, spawn<task_style>},
+    scenario{"fanin_timeout", 1'000'000, fanin_timeout<task_style>},
 };
 
-// --face=hand: the hand-written pipelines under the stage API's names, so
-// that `compare 'csp_bench --face=task' 'csp_bench --face=hand'` pairs them.
+// --face=awaitable: the same with asio::awaitable tasks, the pipelines
+// through the stage API; the *_hand entries are the pipelines without it.
+constexpr std::array awaitable_scenarios{
+    scenario{"pingpong", 200'000, pingpong_task<awaitable_style>},
+    scenario{"unbuf_spsc", 1'000'000, spsc_task<awaitable_style, 0>},
+    scenario{"buf_spsc", 10'000'000, spsc_task<awaitable_style, 1024>},
+    scenario{"buf_mpmc", 10'000'000, buf_mpmc_task<awaitable_style>},
+    scenario{"select4", 4'000'000, select4_task<awaitable_style>},
+    scenario{"pipeline", 2'000'000, pipeline},
+    scenario{"pipeline_par", 2'000'000, pipeline_par, prepare_par},
+    scenario{"spawn", 200'000, spawn<awaitable_style>},
+    scenario{"fanin_timeout", 1'000'000, fanin_timeout<awaitable_style>},
+    scenario{"pipeline_hand", 2'000'000, pipeline_hand<awaitable_style>},
+    scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand<awaitable_style>, prepare_par},
+};
+
+// --face=hand: the hand-written asio::awaitable pipelines under the stage
+// API's names, so that `compare 'csp_bench --face=awaitable'
+// 'csp_bench --face=hand'` pairs them.
 constexpr std::array hand_scenarios{
-    scenario{"pipeline", 2'000'000, pipeline_hand},
-    scenario{"pipeline_par", 2'000'000, pipeline_par_hand, prepare_par},
+    scenario{"pipeline", 2'000'000, pipeline_hand<awaitable_style>},
+    scenario{"pipeline_par", 2'000'000, pipeline_par_hand<awaitable_style>, prepare_par},
 };
 
 struct entry {
@@ -557,7 +600,7 @@ struct entry {
 };
 
 // thread: the thread face under the plain names (the default);
-// task: the task face under the plain names; hand: see hand_scenarios;
+// task: the task face under the plain names; awaitable: see awaitable_scenarios;
 // all: both faces, a task scenario that the thread face also has getting
 // the suffix _task (pingpong_task, ...).
 std::optional<std::vector<entry>> face_entries(std::string_view face) {
@@ -574,6 +617,8 @@ std::optional<std::vector<entry>> face_entries(std::string_view face) {
     if (face == "all")
         for (const auto& s : task_scenarios)
             out.push_back({has_thread(s.name) ? std::string(s.name) + "_task" : std::string(s.name), &s});
+    if (face == "awaitable")
+        for (const auto& s : awaitable_scenarios) out.push_back({std::string(s.name), &s});
     if (face == "hand")
         for (const auto& s : hand_scenarios) out.push_back({std::string(s.name), &s});
     if (out.empty()) return std::nullopt;
@@ -598,13 +643,13 @@ int main(int argc, char** argv) {
         if (a == "--list") list = true;
         else if (a.starts_with("--face=")) face = std::string(a.substr(7));
         else if (a == "-h" || a == "--help") {
-            fmt::print("usage: csp_bench [--face=thread|task|hand|all] [--list] [scale] [scenario,...]\n");
+            fmt::print("usage: csp_bench [--face=thread|task|awaitable|hand|all] [--list] [scale] [scenario,...]\n");
             return 0;
         } else args.push_back(a);
     }
     auto entries = face_entries(face);
     if (!entries) {
-        fmt::print(stderr, "unknown face \"{}\" (thread, task, hand, all)\n", face);
+        fmt::print(stderr, "unknown face \"{}\" (thread, task, awaitable, hand, all)\n", face);
         return 2;
     }
     if (list) {
@@ -671,7 +716,7 @@ int main(int argc, char** argv) {
                         static_cast<double>(n);
             fmt::print("{} {:.1f} ns/op {:.0f} ops/s\n", e->name, ns, 1e9 / ns);
             std::fflush(stdout);  // a later hang or crash must not swallow finished lines
-            if (s->run == fanin_timeout && fanin_timeouts > 0)
+            if (fanin_timeouts > 0)
                 fmt::print(stderr, "note: {}: {} timeouts fired\n", e->name, fanin_timeouts);
         }
     } catch (const std::exception& ex) {

@@ -1,0 +1,30 @@
+// csp::detail::task_env — what a csp::task (runtime/task.hpp) gives the
+// channel operations it awaits with csp::use_task (channels/task_ops.hpp).
+//
+// One env per running task: the root coroutine and every task it awaits
+// share it. The runtime fills it in before the task first runs; the channel
+// layer only reads it, so channels/ does not depend on runtime/.
+//
+// Threading: a task runs on one serial executor (the runtime's per-task
+// context), and the runtime delivers cancellation on that same executor, so
+// every field is read and written there only: no field needs to be atomic.
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/cancellation_signal.hpp>
+
+namespace csp::detail {
+
+struct task_env {
+    // Where the task's coroutine resumes after an operation that waited.
+    asio::any_io_executor resume_on;
+    // The cancellation slot an operation that waits binds its handler to:
+    // at most one operation of a task waits at a time.
+    asio::cancellation_signal operation_signal;
+    // Set when the task was cancelled: every later co_await of a channel
+    // operation throws std::system_error(operation_aborted), as a co_await
+    // in an Asio awaitable does once its cancellation state is set.
+    bool cancelled = false;
+};
+
+}  // namespace csp::detail

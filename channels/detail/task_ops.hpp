@@ -1,0 +1,202 @@
+// csp::detail — the awaiters of channel operations awaited in a csp::task
+// with the csp::use_task token:
+//
+//   std::optional<int> v = co_await in.async_recv(csp::use_task);
+//   co_await out.async_send(std::move(x), csp::use_task);
+//   std::size_t i = co_await csp::async_select(csp::use_task, cases...);
+//
+// Why a token of our own: with asio::use_awaitable every operation is an
+// asio::awaitable, a coroutine frame of its own that Asio's awaitable
+// thread pushes, resumes, pops and frees even when the operation completes
+// at once, and a wait resumes the task through that thread's pump. These
+// awaiters are plain objects in the task's frame: an operation that can
+// complete now does so in await_ready, under the channel's lock or on its
+// lock-free ring, and the task never suspends (a goroutine's channel
+// operation that does not block costs the same: a lock and a copy). Only an
+// operation that must wait becomes an asynchronous operation
+// (async_chan_ops.hpp, async_select_op.hpp), whose handler stores the
+// result in the awaiter and resumes the task; the handler's executor is the
+// task's, so the completion arrives as a direct node on the task's queue.
+//
+// Results and errors are those of use_awaitable: a send on a closed channel
+// throws std::system_error(errc::closed), a cancelled wait throws
+// std::system_error(operation_aborted), a select rethrows its handler's
+// exception. An awaiter refers to the channel handle it was made from: await
+// it in the expression that made it (the handle must outlive it).
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <system_error>
+#include <type_traits>
+
+#include "../error_code.hpp"
+#include "async_chan_ops.hpp"
+#include "async_select_op.hpp"
+#include "task_env.hpp"
+
+namespace csp {
+
+// The completion token for channel operations awaited in a csp::task.
+struct use_task_t {
+    constexpr use_task_t() noexcept = default;
+};
+inline constexpr use_task_t use_task{};
+
+}  // namespace csp
+
+namespace csp::detail {
+
+// Base of the awaiters. `env` is set by the task's await_transform before
+// await_ready runs. An awaiter is moved only before it is awaited (returned
+// from async_recv and the like); once awaited it stays where it is, in the
+// task's frame, for the operation to write into.
+class task_awaiter {
+public:
+    task_env* env = nullptr;
+
+protected:
+    std::coroutine_handle<> waiting_;  // the suspended task, while an operation waits
+};
+
+// The handler of the operation that an awaiter waits for: it completes on
+// the task's executor (Asio's associated executor), with the task's
+// cancellation slot, stores the results in the awaiter and resumes the task.
+template <class Awaiter>
+struct task_resume_handler {
+    Awaiter* aw;
+
+    using executor_type = asio::any_io_executor;
+    executor_type get_executor() const noexcept { return aw->env->resume_on; }
+    using cancellation_slot_type = asio::cancellation_slot;
+    cancellation_slot_type get_cancellation_slot() const noexcept {
+        return aw->env->operation_signal.slot();
+    }
+
+    template <class... Args>
+    void operator()(Args&&... args) {
+        aw->set_result(std::forward<Args>(args)...);
+        aw->resume();
+    }
+};
+
+template <class T>
+class task_recv_awaiter : public task_awaiter {
+    using handler = task_resume_handler<task_recv_awaiter>;
+    friend handler;
+
+public:
+    explicit task_recv_awaiter(const std::shared_ptr<chan_state<T>>& ch) noexcept : ch_(&ch) {}
+
+    bool await_ready() { return (*ch_)->recv_now(value_) != poll::blocked; }
+    void await_suspend(std::coroutine_handle<> h) {
+        waiting_ = h;
+        async_chan_op<T, handler, recv_kind<T>>::start(handler{this}, *ch_);
+    }
+    std::optional<T> await_resume() {
+        if (ec_) throw std::system_error(ec_);
+        return std::move(value_);
+    }
+
+private:
+    void set_result(std::error_code ec, std::optional<T> v) {
+        ec_ = ec;
+        value_ = std::move(v);
+    }
+    void resume() { waiting_.resume(); }
+
+    const std::shared_ptr<chan_state<T>>* ch_;
+    std::optional<T> value_;
+    std::error_code ec_;
+};
+
+// V is T (the awaiter owns the value: it was given as an rvalue) or T* (the
+// caller's object, moved from only on success).
+template <class T, class V>
+class task_send_awaiter : public task_awaiter {
+    using handler = task_resume_handler<task_send_awaiter>;
+    friend handler;
+
+public:
+    task_send_awaiter(const std::shared_ptr<chan_state<T>>& ch, V v) : ch_(&ch), v_(std::move(v)) {}
+
+    bool await_ready() {
+        switch ((*ch_)->send_now(value())) {
+            case poll::done: return true;
+            case poll::closed: ec_ = make_error_code(errc::closed); return true;
+            case poll::blocked: break;
+        }
+        return false;
+    }
+    void await_suspend(std::coroutine_handle<> h) {
+        waiting_ = h;
+        async_chan_op<T, handler, send_kind<T, false>>::start(handler{this}, *ch_, &value());
+    }
+    void await_resume() const {
+        if (ec_) throw std::system_error(ec_);
+    }
+
+private:
+    T& value() noexcept {
+        if constexpr (std::is_pointer_v<V>) return *v_;
+        else return v_;
+    }
+    void set_result(std::error_code ec) { ec_ = ec; }
+    void resume() { waiting_.resume(); }
+
+    const std::shared_ptr<chan_state<T>>* ch_;
+    V v_;
+    std::error_code ec_;
+};
+
+// Passes 0 and 1 in await_ready, as a goroutine's select that finds a case
+// ready; only a select that must wait becomes an async_select_op.
+template <class Storage>
+class task_select_awaiter : public task_awaiter {
+    using handler = task_resume_handler<task_select_awaiter>;
+    friend handler;
+
+public:
+    explicit task_select_awaiter(Storage cases) : cases_(std::move(cases)) {}
+
+    bool await_ready() {
+        select_plan plan(cases_.cases(), cases_.size(), cases_.locks(), cases_.order());
+        plan.shuffle(cases_.order());
+        chosen_ = plan.poll_unlocked(cases_.cases(), cases_.order(), how_);
+        if (chosen_ < 0) {
+            wake_list woken;  // destroyed after `held`: wakes run unlocked
+            lock_set held(cases_.locks(), plan.nlocks);
+            chosen_ = plan.poll_all(cases_.cases(), cases_.order(), woken, how_);
+        }
+        return chosen_ >= 0;
+    }
+    void await_suspend(std::coroutine_handle<> h) {
+        waiting_ = h;
+        async_select_op<handler, Storage>::start(handler{this}, std::move(cases_));
+    }
+    std::size_t await_resume() {
+        if (!waiting_) {  // chosen in await_ready: the handler runs here, unlocked
+            cases_.cases()[chosen_]->run(how_);
+            return static_cast<std::size_t>(chosen_);
+        }
+        if (error_) std::rethrow_exception(error_);
+        return index_;
+    }
+
+private:
+    void set_result(std::exception_ptr e, std::size_t index) {
+        error_ = std::move(e);
+        index_ = index;
+    }
+    void resume() { waiting_.resume(); }
+
+    Storage cases_;  // moved into the operation when the select waits
+    int chosen_ = -1;
+    outcome how_ = outcome::delivered;
+    std::exception_ptr error_;
+    std::size_t index_ = 0;
+};
+
+}  // namespace csp::detail

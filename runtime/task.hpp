@@ -1,0 +1,208 @@
+// csp::task<T> — csp's own coroutine type for runtime tasks.
+//
+//   csp::task<> stage(csp::receiver<int> in, csp::sender<int> out) {
+//       while (auto v = co_await in.async_recv(csp::use_task))
+//           co_await out.async_send(*v * 2, csp::use_task);
+//   }
+//   rt.go(stage(in, out));                       // or rt.go([&]() -> csp::task<> { ... })
+//   int n = co_await count(in);                  // a task awaits another: task<int> count(...)
+//
+// The same tasks as asio::awaitable ones (runtime.hpp: scheduling, errors,
+// cancellation, deadlock detection), at a fraction of the cost per channel
+// operation: a channel operation awaited with csp::use_task that can
+// complete now runs in await_ready and the task does not suspend, and one
+// that waits resumes the task straight from its completion
+// (channels/detail/task_ops.hpp). Inside a csp::task only csp's awaiters and
+// other csp::tasks can be awaited; Asio's own operations (timers, sockets)
+// belong in asio::awaitable tasks.
+//
+// A task starts when it is awaited or given to go(), not when called (it is
+// lazy), and is move-only. A task awaited by another runs on the same
+// serial executor, in the same cancellation scope: the awaiting task resumes
+// where the awaited one returns (symmetric transfer, no queue). An exception
+// leaving a task is rethrown by the co_await that awaited it, or, for a task
+// given to go(), kept by the runtime for wait().
+//
+// Cancellation: when the task's group (or the runtime) is cancelled, the
+// operation the task waits in completes with operation_aborted and takes
+// nothing, and every later co_await of a channel operation in that task
+// throws std::system_error(operation_aborted), as in an asio::awaitable task.
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <optional>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+#include <asio/error.hpp>
+
+#include <channels/async.hpp>
+
+namespace csp {
+
+template <class T = void>
+class task;
+
+namespace detail {
+
+// How a root task (one given to go()) reports its end to the runtime: the
+// runtime's task_env carries it. A task awaited by another has a
+// continuation instead.
+struct task_root_env : task_env {
+    void (*ended)(task_root_env&, std::exception_ptr) = nullptr;
+};
+
+class task_promise_base {
+public:
+    std::suspend_always initial_suspend() const noexcept { return {}; }
+
+    struct final_awaiter {
+        bool await_ready() const noexcept { return false; }
+        template <class Promise>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
+            task_promise_base& p = h.promise();
+            if (p.continuation_) return p.continuation_;
+            // A root: the frame goes first (its locals and captures are
+            // destroyed before the runtime counts the task as ended), then
+            // the runtime hears of the end.
+            task_root_env* env = p.root_;
+            std::exception_ptr e = std::move(p.error_);
+            h.destroy();
+            env->ended(*env, std::move(e));
+            return std::noop_coroutine();
+        }
+        void await_resume() const noexcept {}
+    };
+    final_awaiter final_suspend() const noexcept { return {}; }
+
+    void unhandled_exception() noexcept { error_ = std::current_exception(); }
+
+    // csp's awaiters get the task's env; a cancelled task throws at its next
+    // channel operation.
+    template <class A>
+        requires std::is_base_of_v<task_awaiter, std::remove_cvref_t<A>>
+    A&& await_transform(A&& a) const {
+        if (env_->cancelled) throw std::system_error(asio::error::operation_aborted);
+        a.env = env_;
+        return std::forward<A>(a);
+    }
+    template <class U>
+    auto await_transform(task<U>&& t) const noexcept;
+
+    // Set before the task first runs.
+    void start_as_root(task_root_env& env) noexcept {
+        env_ = &env;
+        root_ = &env;
+    }
+    void start_awaited(task_env& env, std::coroutine_handle<> continuation) noexcept {
+        env_ = &env;
+        continuation_ = continuation;
+    }
+    task_env& env() const noexcept { return *env_; }
+
+protected:
+    std::exception_ptr error_;
+
+private:
+    task_env* env_ = nullptr;
+    task_root_env* root_ = nullptr;        // a root's, for its end
+    std::coroutine_handle<> continuation_;  // the awaiting task's, if any
+};
+
+template <class T>
+class task_promise : public task_promise_base {
+public:
+    task<T> get_return_object() noexcept;
+    template <class V>
+        requires std::convertible_to<V&&, T>
+    void return_value(V&& v) {
+        value_.emplace(std::forward<V>(v));
+    }
+    T take() {
+        if (error_) std::rethrow_exception(error_);
+        return std::move(*value_);
+    }
+
+private:
+    std::optional<T> value_;
+};
+
+template <>
+class task_promise<void> : public task_promise_base {
+public:
+    task<void> get_return_object() noexcept;
+    void return_void() const noexcept {}
+    void take() const {
+        if (error_) std::rethrow_exception(error_);
+    }
+};
+
+}  // namespace detail
+
+template <class T>
+class [[nodiscard]] task {
+public:
+    using promise_type = detail::task_promise<T>;
+    using handle_type = std::coroutine_handle<promise_type>;
+
+    task(task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+    task& operator=(task&& o) noexcept {
+        if (this != &o) {
+            if (h_) h_.destroy();
+            h_ = std::exchange(o.h_, {});
+        }
+        return *this;
+    }
+    ~task() {
+        if (h_) h_.destroy();  // never started, or awaited and finished
+    }
+
+    // The runtime takes the frame of a task given to go().
+    handle_type release() noexcept { return std::exchange(h_, {}); }
+
+private:
+    friend promise_type;
+    friend detail::task_promise_base;
+    explicit task(handle_type h) noexcept : h_(h) {}
+
+    struct awaiter {
+        handle_type h;
+        bool await_ready() const noexcept { return false; }
+        template <class Promise>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> parent) noexcept {
+            h.promise().start_awaited(parent.promise().env(), parent);
+            return h;
+        }
+        T await_resume() { return h.promise().take(); }
+    };
+
+    handle_type h_;
+};
+
+namespace detail {
+
+template <class T>
+task<T> task_promise<T>::get_return_object() noexcept {
+    return task<T>(std::coroutine_handle<task_promise>::from_promise(*this));
+}
+inline task<void> task_promise<void>::get_return_object() noexcept {
+    return task<void>(std::coroutine_handle<task_promise>::from_promise(*this));
+}
+
+// The awaited task's frame stays owned by the task object, a temporary of
+// the co_await expression, which destroys it once the result is taken.
+template <class U>
+auto task_promise_base::await_transform(task<U>&& t) const noexcept {
+    return typename task<U>::awaiter{t.h_};
+}
+
+template <class T>
+inline constexpr bool is_task_v = false;
+template <class T>
+inline constexpr bool is_task_v<task<T>> = true;
+
+}  // namespace detail
+
+}  // namespace csp

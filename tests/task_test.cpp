@@ -1,0 +1,270 @@
+// csp::task: csp's own coroutine type and the use_task awaiters. Each test
+// checks exact values and counts: nothing lost, nothing duplicated, errors
+// and cancellation as in an asio::awaitable task.
+#include <doctest/doctest.h>
+
+#include <runtime/csp.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace {
+
+using csp::use_task;
+
+csp::task<> relay(csp::receiver<long> in, csp::sender<long> out, long rounds) {
+    for (long i = 0; i < rounds; ++i) {
+        std::optional<long> v = co_await in.async_recv(use_task);
+        REQUIRE(v);
+        long next = *v + 1;
+        co_await out.async_send(next, use_task);
+    }
+}
+
+csp::task<long> sum_until_closed(csp::receiver<long> in) {
+    long sum = 0;
+    while (auto v = co_await in.async_recv(use_task)) sum += *v;
+    co_return sum;
+}
+
+csp::task<long> fails_after(csp::receiver<long> in, long n) {
+    for (long i = 0; i < n; ++i) (void)co_await in.async_recv(use_task);
+    throw std::runtime_error("stage failed");
+}
+
+bool aborted(const std::system_error& e) { return e.code() == asio::error::operation_aborted; }
+
+}  // namespace
+
+TEST_CASE("task: ping-pong over unbuffered channels, each value once and in order") {
+    csp::runtime rt(2);
+    auto ab = csp::make_chan<long>(), ba = csp::make_chan<long>();
+    const long rounds = 20000;
+    rt.go(relay(ab.as_receiver(), ba.as_sender(), rounds));
+    long last = -1;
+    rt.go([&]() -> csp::task<> {
+        long x = 0;
+        for (long i = 0; i < rounds; ++i) {
+            co_await ab.async_send(x, use_task);
+            std::optional<long> back = co_await ba.async_recv(use_task);
+            REQUIRE(back);
+            x = *back + 1;
+        }
+        last = x;
+    });
+    rt.wait();
+    CHECK(last == 2 * rounds);
+}
+
+TEST_CASE("task: 1000 producers, a buffered channel, a task that awaits a task<long>") {
+    csp::runtime rt(2);
+    auto ch = csp::make_chan<long>(16);
+    const long producers = 1000, each = 50;
+    auto closer = ch.as_closing_sender();
+    for (long p = 0; p < producers; ++p)
+        rt.go([tx = closer, p]() -> csp::task<> {
+            for (long i = 0; i < each; ++i) {
+                long v = p * each + i;
+                co_await tx.async_send(std::move(v), use_task);
+            }
+        });
+    closer = {};  // the channel closes when the last producer ends
+    long sum = -1;
+    rt.go([&, rx = ch.as_receiver()]() -> csp::task<> { sum = co_await sum_until_closed(rx); });
+    rt.wait();
+    const long n = producers * each;
+    CHECK(sum == n * (n - 1) / 2);
+}
+
+TEST_CASE("task: an exception leaves an awaited task through co_await, and a root task through wait()") {
+    csp::runtime rt(2);
+    auto ch = csp::make_chan<long>(4);
+    std::string caught;
+    rt.go([&, rx = ch.as_receiver()]() -> csp::task<> {
+        try {
+            (void)co_await fails_after(rx, 3);
+        } catch (const std::runtime_error& e) {
+            caught = e.what();
+        }
+        throw std::logic_error("root failed");
+    });
+    for (long i = 0; i < 3; ++i) ch.send(i);
+    CHECK_THROWS_WITH_AS(rt.wait(), "root failed", std::logic_error);
+    CHECK(caught == "stage failed");
+    CHECK(ch.size() == 0);
+}
+
+TEST_CASE("task: a send on a closed channel throws errc::closed and keeps the caller's value") {
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<std::unique_ptr<int>>(1);
+    ch.close();
+    bool threw = false, kept = false;
+    rt.go([&]() -> csp::task<> {
+        auto p = std::make_unique<int>(7);
+        try {
+            co_await ch.async_send(p, use_task);
+        } catch (const std::system_error& e) {
+            threw = e.code() == csp::errc::closed;
+        }
+        kept = p && *p == 7;
+    });
+    rt.wait();
+    CHECK(threw);
+    CHECK(kept);
+}
+
+TEST_CASE("task: async_select with use_task: ready at once, after a wait, by timeout, and a handler's exception") {
+    csp::runtime rt(2);
+    auto a = csp::make_chan<int>(), b = csp::make_chan<int>(1);
+    std::vector<std::string> log;
+    rt.go([&]() -> csp::task<> {
+        co_await b.async_send(5, use_task);  // b is ready now
+        std::size_t i = co_await csp::async_select(
+            use_task, csp::on_recv(a, [&](std::optional<int>) { log.push_back("a"); }),
+            csp::on_recv(b, [&](std::optional<int> v) { log.push_back("b" + std::to_string(*v)); }));
+        CHECK(i == 1);
+        // Nothing ready: waits until the thread below sends on a.
+        i = co_await csp::async_select(
+            use_task, csp::on_recv(a, [&](std::optional<int> v) { log.push_back("a" + std::to_string(*v)); }),
+            csp::on_recv(b, [&](std::optional<int>) { log.push_back("b"); }));
+        CHECK(i == 0);
+        i = co_await csp::async_select(use_task, csp::on_recv(a, [&](std::optional<int>) { log.push_back("a"); }),
+                                       csp::on_timeout(std::chrono::milliseconds(1), [&] { log.push_back("late"); }));
+        CHECK(i == 1);
+        try {
+            co_await b.async_send(6, use_task);
+            (void)co_await csp::async_select(use_task, csp::on_recv(b, [](std::optional<int>) {
+                                                 throw std::runtime_error("handler");
+                                             }));
+        } catch (const std::runtime_error& e) {
+            log.push_back(e.what());
+        }
+    });
+    a.send(9);
+    rt.wait();
+    CHECK(log == std::vector<std::string>{"b5", "a9", "late", "handler"});
+    CHECK(b.size() == 0);
+}
+
+TEST_CASE("task: a select over a range of cases built at run time") {
+    csp::runtime rt(2);
+    std::vector<csp::channel<int>> chans;
+    for (int i = 0; i < 4; ++i) chans.push_back(csp::make_chan<int>());
+    int got = -1, from = -1;
+    rt.go([&]() -> csp::task<> {
+        std::vector<csp::any_case> cases;
+        for (int i = 0; i < 4; ++i)
+            cases.emplace_back(csp::on_recv(chans[static_cast<std::size_t>(i)], [&](std::optional<int> v) { got = *v; }));
+        from = static_cast<int>(co_await csp::async_select(use_task, cases));
+    });
+    chans[2].send(42);
+    rt.wait();
+    CHECK(from == 2);
+    CHECK(got == 42);
+}
+
+TEST_CASE("task: cancelling a group cancels a parked operation, takes nothing, and later operations throw") {
+    csp::runtime rt(2);
+    auto ch = csp::make_chan<int>(1);
+    std::atomic<int> parked_aborted{0}, later_aborted{0};
+    {
+        csp::task_group g(rt);
+        auto ready = csp::make_chan<int>();
+        g.go([&]() -> csp::task<> {
+            co_await ready.async_send(1, use_task);
+            try {
+                (void)co_await ch.async_recv(use_task);  // nobody sends: waits until cancelled
+            } catch (const std::system_error& e) {
+                if (aborted(e)) ++parked_aborted;
+            }
+            try {
+                co_await ch.async_send(3, use_task);  // room in the channel, but the task is cancelled
+            } catch (const std::system_error& e) {
+                if (aborted(e)) ++later_aborted;
+            }
+        });
+        CHECK(ready.recv() == 1);
+        g.cancel();
+        g.wait();  // cancellation endings are not errors
+    }
+    CHECK(parked_aborted == 1);
+    CHECK(later_aborted == 1);
+    ch.send(5);  // the cancelled receive took nothing, the cancelled send gave nothing
+    CHECK(ch.try_recv().value() == 5);
+}
+
+TEST_CASE("task: destroying the runtime cancels parked csp::tasks and returns") {
+    auto ch = csp::make_chan<int>();
+    std::atomic<int> ended{0};
+    {
+        csp::runtime rt(2);
+        for (int i = 0; i < 100; ++i)
+            rt.go([&, rx = ch.as_receiver()]() -> csp::task<> {
+                struct count_end {
+                    std::atomic<int>& n;
+                    ~count_end() { ++n; }
+                } end{ended};
+                (void)co_await rx.async_recv(use_task);
+            });
+    }
+    CHECK(ended == 100);
+    CHECK(ch.try_recv().state() == csp::status::would_block);
+}
+
+TEST_CASE("task: wait() reports a deadlock when every csp::task is parked on a channel nothing can complete") {
+    csp::runtime rt(2);
+    auto a = csp::make_chan<int>(), b = csp::make_chan<int>();
+    rt.go([&]() -> csp::task<> { (void)co_await a.async_recv(use_task); });
+    rt.go([&]() -> csp::task<> { (void)co_await b.async_recv(use_task); });
+    CHECK_THROWS_AS(rt.wait(), csp::deadlock_error);
+    a.close();
+    b.close();
+    rt.wait();
+}
+
+TEST_CASE("task: a callable taking a stop_token, and csp::tasks mixed with asio::awaitable tasks and threads") {
+    csp::runtime rt(2);
+    auto in = csp::make_chan<long>(8), out = csp::make_chan<long>(8);
+    std::atomic<bool> stopped{false};
+    rt.go([&](std::stop_token st) -> csp::task<> {
+        while (auto v = co_await in.async_recv(use_task)) {
+            long y = *v * 2;
+            co_await out.async_send(y, use_task);
+        }
+        out.close();
+        stopped = st.stop_requested();
+    });
+    long sum = 0, count = 0;
+    rt.go([&]() -> asio::awaitable<void> {
+        while (auto v = co_await out.async_recv(asio::use_awaitable)) {
+            sum += *v;
+            ++count;
+        }
+    });
+    for (long i = 0; i < 1000; ++i) in.send(i);
+    in.close();
+    rt.wait();
+    CHECK(count == 1000);
+    CHECK(sum == 999 * 1000);
+    CHECK_FALSE(stopped);
+}
+
+TEST_CASE("task: a task started but never awaited or given to go() is destroyed without running") {
+    bool ran = false;
+    {
+        auto t = [&]() -> csp::task<> {
+            ran = true;
+            co_return;
+        }();
+        (void)t;
+    }
+    CHECK_FALSE(ran);
+}
