@@ -23,15 +23,14 @@
 //
 // Stage functions are plain functions (CPU work, file reading) or
 // coroutines returning asio::awaitable<U>. A stage's workers are coroutine
-// tasks on the runtime's workers; a plain function runs there directly (like
+// tasks on the runtime's workers (csp::task, or asio::awaitable for a
+// coroutine stage function); a plain function runs there directly (like
 // a goroutine doing CPU work or a file read). A function that may wait for
 // something else for a long time (another channel, a lock, the network)
 // should be given `.blocking = true`: its workers then run on the runtime's
 // elastic pool of threads, never holding a coroutine worker.
 #pragma once
 
-#include <asio/cancellation_state.hpp>
-#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
@@ -117,8 +116,8 @@ public:
     receiver<std::ranges::range_value_t<R>> source(R&& range, std::ptrdiff_t capacity = 64) {
         using T = std::ranges::range_value_t<R>;
         auto out = make_chan<T>(capacity);
-        group_.go([r = std::forward<R>(range), tx = out.as_closing_sender()]() mutable -> asio::awaitable<void> {
-            for (auto&& v : r) co_await tx.async_send(T(std::forward<decltype(v)>(v)), asio::use_awaitable);
+        group_.go([r = std::forward<R>(range), tx = out.as_closing_sender()]() mutable -> task<> {
+            for (auto&& v : r) co_await tx.async_send(T(std::forward<decltype(v)>(v)), use_task);
         });
         return out;
     }
@@ -129,8 +128,8 @@ public:
     auto source(G gen, std::ptrdiff_t capacity = 64) {
         using T = typename std::invoke_result_t<G&>::value_type;
         auto out = make_chan<T>(capacity);
-        group_.go([gen = std::move(gen), tx = out.as_closing_sender()]() mutable -> asio::awaitable<void> {
-            while (auto v = gen()) co_await tx.async_send(std::move(*v), asio::use_awaitable);
+        group_.go([gen = std::move(gen), tx = out.as_closing_sender()]() mutable -> task<> {
+            while (auto v = gen()) co_await tx.async_send(std::move(*v), use_task);
         });
         return receiver<T>(out);
     }
@@ -205,9 +204,9 @@ public:
                                    std::ptrdiff_t capacity = 64) {
         if (k == 0) throw error("csp: batch of size 0");
         auto out = make_chan<std::vector<T>>(capacity);
-        group_.go([in, k, max_wait, tx = out.as_closing_sender()]() -> asio::awaitable<void> {
+        group_.go([in, k, max_wait, tx = out.as_closing_sender()]() -> task<> {
             for (;;) {
-                auto first = co_await in.async_recv(asio::use_awaitable);
+                auto first = co_await in.async_recv(use_task);
                 if (!first) co_return;
                 std::vector<T> group;
                 group.reserve(k);
@@ -215,14 +214,14 @@ public:
                 const auto deadline = std::chrono::steady_clock::now() + max_wait;
                 bool open = true, late = false;
                 while (open && !late && group.size() < k) {
-                    co_await async_select(asio::use_awaitable,
+                    co_await async_select(use_task,
                                           on_recv(in, [&](std::optional<T> v) {
                                               if (v) group.push_back(std::move(*v));
                                               else open = false;
                                           }),
                                           on_deadline(deadline, [&] { late = true; }));
                 }
-                co_await tx.async_send(std::move(group), asio::use_awaitable);
+                co_await tx.async_send(std::move(group), use_task);
                 if (!open) co_return;
             }
         });
@@ -238,9 +237,9 @@ public:
         // before the next one starts must not close `out` under it.
         const auto tx = out.as_closing_sender();
         for (auto& in : ins) {
-            group_.go([in, tx]() -> asio::awaitable<void> {
-                while (auto v = co_await in.async_recv(asio::use_awaitable))
-                    co_await tx.async_send(std::move(*v), asio::use_awaitable);
+            group_.go([in, tx]() -> task<> {
+                while (auto v = co_await in.async_recv(use_task))
+                    co_await tx.async_send(std::move(*v), use_task);
             });
         }
         return out;
@@ -258,11 +257,11 @@ public:
         }
         std::vector<closing_sender<T>> txs;
         for (auto& o : outs) txs.push_back(o.as_closing_sender());
-        group_.go([in, txs = std::move(txs)]() -> asio::awaitable<void> {
-            while (auto v = co_await in.async_recv(asio::use_awaitable)) {
+        group_.go([in, txs = std::move(txs)]() -> task<> {
+            while (auto v = co_await in.async_recv(use_task)) {
                 for (std::size_t i = 0; i + 1 < txs.size(); ++i)
-                    co_await txs[i].async_send(T(*v), asio::use_awaitable);
-                if (!txs.empty()) co_await txs.back().async_send(std::move(*v), asio::use_awaitable);
+                    co_await txs[i].async_send(T(*v), use_task);
+                if (!txs.empty()) co_await txs.back().async_send(std::move(*v), use_task);
             }
         });
         return result;
@@ -282,9 +281,9 @@ public:
 
     template <class T, class F>
     void for_each(receiver<T> in, F f) {
-        group_.go([in = std::move(in), &f]() -> asio::awaitable<void> {
-            co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
-            while (auto v = co_await in.async_recv(asio::use_awaitable)) f(std::move(*v));
+        group_.go([in = std::move(in), &f]() -> task<> {
+            co_await ignore_cancellation;
+            while (auto v = co_await in.async_recv(use_task)) f(std::move(*v));
         });
         wait();
     }
@@ -348,10 +347,10 @@ private:
                     throw error("csp: a stage with .blocking = true needs a plain function");
                 }
             } else if constexpr (!std::is_null_pointer_v<InlineStep>) {
-                group_.go([in, tx = closer, inline_step]() mutable -> asio::awaitable<void> {
-                    while (auto v = co_await in.async_recv(asio::use_awaitable)) {
+                group_.go([in, tx = closer, inline_step]() mutable -> task<> {
+                    while (auto v = co_await in.async_recv(use_task)) {
                         std::optional<U> u = inline_step(std::move(*v));
-                        if (u) co_await tx.async_send(std::move(*u), asio::use_awaitable);
+                        if (u) co_await tx.async_send(std::move(*u), use_task);
                     }
                 });
             } else {
@@ -378,27 +377,36 @@ private:
         auto out = make_chan<U>(o.capacity);
         auto jobs = make_chan<job>(static_cast<std::ptrdiff_t>(o.workers));
         auto order = make_chan<channel<U>>(o.capacity);
-        group_.go([in, jtx = jobs.as_closing_sender(), otx = order.as_closing_sender()]() -> asio::awaitable<void> {
-            while (auto v = co_await in.async_recv(asio::use_awaitable)) {
+        group_.go([in, jtx = jobs.as_closing_sender(), otx = order.as_closing_sender()]() -> task<> {
+            while (auto v = co_await in.async_recv(use_task)) {
                 auto slot = make_chan<U>(1);
                 job next{std::move(*v), slot.as_sender()};
-                co_await otx.async_send(std::move(slot), asio::use_awaitable);
-                co_await jtx.async_send(std::move(next), asio::use_awaitable);
+                co_await otx.async_send(std::move(slot), use_task);
+                co_await jtx.async_send(std::move(next), use_task);
             }
         });
         for (unsigned i = 0; i < o.workers; ++i) {
-            group_.go([jobs, f]() mutable -> asio::awaitable<void> {
-                while (auto j = co_await jobs.async_recv(asio::use_awaitable)) {
-                    U u = co_await detail::call_stage(f, std::move(j->value));
-                    co_await j->slot.async_send(std::move(u), asio::use_awaitable);
-                }
-            });
+            if constexpr (detail::is_awaitable_v<std::invoke_result_t<F&, T>>) {
+                group_.go([jobs, f]() mutable -> asio::awaitable<void> {
+                    while (auto j = co_await jobs.async_recv(asio::use_awaitable)) {
+                        U u = co_await f(std::move(j->value));
+                        co_await j->slot.async_send(std::move(u), asio::use_awaitable);
+                    }
+                });
+            } else {
+                group_.go([jobs, f]() mutable -> task<> {
+                    while (auto j = co_await jobs.async_recv(use_task)) {
+                        U u = f(std::move(j->value));
+                        co_await j->slot.async_send(std::move(u), use_task);
+                    }
+                });
+            }
         }
-        group_.go([order, tx = out.as_closing_sender()]() -> asio::awaitable<void> {
-            while (auto slot = co_await order.async_recv(asio::use_awaitable)) {
-                auto v = co_await slot->async_recv(asio::use_awaitable);
+        group_.go([order, tx = out.as_closing_sender()]() -> task<> {
+            while (auto slot = co_await order.async_recv(use_task)) {
+                auto v = co_await slot->async_recv(use_task);
                 if (!v) co_return;  // a worker ended without a result: the pipeline is failing
-                co_await tx.async_send(std::move(*v), asio::use_awaitable);
+                co_await tx.async_send(std::move(*v), use_task);
             }
         });
         return out;

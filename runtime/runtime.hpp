@@ -125,6 +125,7 @@ struct native_task_record : task_record, task_root_env {
 struct forward_cancellation {
     native_task_record* r;
     void operator()(asio::cancellation_type_t type) const {
+        if (r->ignores_cancellation) return;
         r->cancelled = true;
         r->operation_signal.emit(type);
     }

@@ -27,6 +27,10 @@
 // operation the task waits in completes with operation_aborted and takes
 // nothing, and every later co_await of a channel operation in that task
 // throws std::system_error(operation_aborted), as in an asio::awaitable task.
+// `co_await csp::ignore_cancellation;` takes the task out of that (a sink
+// that must drain its input to the end): a cancellation already received
+// is forgotten and later ones do not reach it; like a plain task, it must
+// then end on its own (its input closing) for its group's wait to return.
 #pragma once
 
 #include <coroutine>
@@ -44,6 +48,11 @@ namespace csp {
 
 template <class T = void>
 class task;
+
+struct ignore_cancellation_t {
+    constexpr ignore_cancellation_t() noexcept = default;
+};
+inline constexpr ignore_cancellation_t ignore_cancellation{};
 
 namespace detail {
 
@@ -90,6 +99,11 @@ public:
     }
     template <class U>
     auto await_transform(task<U>&& t) const noexcept;
+    std::suspend_never await_transform(ignore_cancellation_t) const noexcept {
+        env_->ignores_cancellation = true;
+        env_->cancelled = false;
+        return {};
+    }
 
     // Set before the task first runs.
     void start_as_root(task_root_env& env) noexcept {

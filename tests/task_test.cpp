@@ -123,7 +123,7 @@ TEST_CASE("task: a send on a closed channel throws errc::closed and keeps the ca
 
 TEST_CASE("task: async_select with use_task: ready at once, after a wait, by timeout, and a handler's exception") {
     csp::runtime rt(2);
-    auto a = csp::make_chan<int>(), b = csp::make_chan<int>(1);
+    auto a = csp::make_chan<int>(), b = csp::make_chan<int>(1), first_done = csp::make_chan<int>();
     std::vector<std::string> log;
     rt.go([&]() -> csp::task<> {
         co_await b.async_send(5, use_task);  // b is ready now
@@ -131,7 +131,8 @@ TEST_CASE("task: async_select with use_task: ready at once, after a wait, by tim
             use_task, csp::on_recv(a, [&](std::optional<int>) { log.push_back("a"); }),
             csp::on_recv(b, [&](std::optional<int> v) { log.push_back("b" + std::to_string(*v)); }));
         CHECK(i == 1);
-        // Nothing ready: waits until the thread below sends on a.
+        co_await first_done.async_send(1, use_task);
+        // Nothing ready (b is empty): waits until the thread below sends on a.
         i = co_await csp::async_select(
             use_task, csp::on_recv(a, [&](std::optional<int> v) { log.push_back("a" + std::to_string(*v)); }),
             csp::on_recv(b, [&](std::optional<int>) { log.push_back("b"); }));
@@ -148,6 +149,7 @@ TEST_CASE("task: async_select with use_task: ready at once, after a wait, by tim
             log.push_back(e.what());
         }
     });
+    CHECK(first_done.recv() == 1);  // only then is a ready, so the first select could not choose it
     a.send(9);
     rt.wait();
     CHECK(log == std::vector<std::string>{"b5", "a9", "late", "handler"});
@@ -267,4 +269,35 @@ TEST_CASE("task: a task started but never awaited or given to go() is destroyed 
         (void)t;
     }
     CHECK_FALSE(ran);
+}
+
+TEST_CASE("task: co_await csp::ignore_cancellation keeps a task receiving through its group's cancellation") {
+    csp::runtime rt(2);
+    auto ch = csp::make_chan<int>();
+    auto started = csp::make_chan<int>();
+    long sum = 0, count = 0;
+    bool aborted_after = false;
+    {
+        csp::task_group g(rt);
+        g.go([&]() -> csp::task<> {
+            co_await csp::ignore_cancellation;
+            co_await started.async_send(1, use_task);
+            try {
+                while (auto v = co_await ch.async_recv(use_task)) {
+                    sum += *v;
+                    ++count;
+                }
+            } catch (const std::system_error&) {
+                aborted_after = true;
+            }
+        });
+        CHECK(started.recv() == 1);
+        g.cancel();
+        for (int i = 1; i <= 100; ++i) ch.send(i);  // each one is still received
+        ch.close();
+        g.wait();
+    }
+    CHECK(count == 100);
+    CHECK(sum == 5050);
+    CHECK_FALSE(aborted_after);
 }

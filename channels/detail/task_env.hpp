@@ -25,6 +25,9 @@ struct task_env {
     // operation throws std::system_error(operation_aborted), as a co_await
     // in an Asio awaitable does once its cancellation state is set.
     bool cancelled = false;
+    // Set by `co_await csp::ignore_cancellation`: the runtime's
+    // cancellation no longer reaches this task.
+    bool ignores_cancellation = false;
 };
 
 }  // namespace csp::detail

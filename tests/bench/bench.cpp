@@ -9,13 +9,13 @@
 //   --face=thread     the thread face under the reference programs' names (default;
 //                     it has no spawn or fanin_timeout)
 //   --face=task       the task face under the reference programs' names: csp::task
-//                     tasks, the pipelines written with go() and channels
-//   --face=awaitable  the same with asio::awaitable tasks and the pipelines
-//                     through the stage API (runtime/pipeline.hpp), plus
-//                     pipeline_hand and pipeline_par_hand (written by hand)
-//   --face=hand       the hand-written awaitable pipelines under the names
+//                     tasks, the pipelines through the stage API; plus
+//                     pipeline_hand and pipeline_par_hand (written with go())
+//   --face=awaitable  the same scenarios with asio::awaitable tasks (the
+//                     pipelines written by hand)
+//   --face=hand       the hand-written csp::task pipelines under the names
 //                     pipeline and pipeline_par, to pair them with
-//                     --face=awaitable in `compare`
+//                     --face=task in `compare`
 //   --face=all        both faces in one run; a task scenario that the thread
 //                     face also has is printed with the suffix _task
 //
@@ -555,43 +555,43 @@ constexpr std::array thread_scenarios{
     scenario{"pipeline_par", 2'000'000, pipeline_par_threads, prepare_par},
 };
 
-// The task face, under the reference programs' names: csp::task tasks,
-// with the stage API's pipelines (runtime/pipeline.hpp) written by hand
-// (the stage API runs asio::awaitable tasks; it has its own face below).
+// The task face, under the reference programs' names: csp::task tasks; the
+// pipelines through the stage API (runtime/pipeline.hpp), whose plain
+// stages run csp::task workers.
 constexpr std::array task_scenarios{
     scenario{"pingpong", 200'000, pingpong_task<task_style>},
     scenario{"unbuf_spsc", 1'000'000, spsc_task<task_style, 0>},
     scenario{"buf_spsc", 10'000'000, spsc_task<task_style, 1024>},
     scenario{"buf_mpmc", 10'000'000, buf_mpmc_task<task_style>},
     scenario{"select4", 4'000'000, select4_task<task_style>},
-    scenario{"pipeline", 2'000'000, pipeline_hand<task_style>},
-    scenario{"pipeline_par", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
+    scenario{"pipeline", 2'000'000, pipeline},
+    scenario{"pipeline_par", 2'000'000, pipeline_par, prepare_par},
     scenario{"spawn", 200'000, spawn<task_style>},
     scenario{"fanin_timeout", 1'000'000, fanin_timeout<task_style>},
+    scenario{"pipeline_hand", 2'000'000, pipeline_hand<task_style>},
+    scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
 };
 
 // --face=awaitable: the same with asio::awaitable tasks, the pipelines
-// through the stage API; the *_hand entries are the pipelines without it.
+// written by hand.
 constexpr std::array awaitable_scenarios{
     scenario{"pingpong", 200'000, pingpong_task<awaitable_style>},
     scenario{"unbuf_spsc", 1'000'000, spsc_task<awaitable_style, 0>},
     scenario{"buf_spsc", 10'000'000, spsc_task<awaitable_style, 1024>},
     scenario{"buf_mpmc", 10'000'000, buf_mpmc_task<awaitable_style>},
     scenario{"select4", 4'000'000, select4_task<awaitable_style>},
-    scenario{"pipeline", 2'000'000, pipeline},
-    scenario{"pipeline_par", 2'000'000, pipeline_par, prepare_par},
-    scenario{"spawn", 200'000, spawn<awaitable_style>},
-    scenario{"fanin_timeout", 1'000'000, fanin_timeout<awaitable_style>},
-    scenario{"pipeline_hand", 2'000'000, pipeline_hand<awaitable_style>},
-    scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand<awaitable_style>, prepare_par},
-};
-
-// --face=hand: the hand-written asio::awaitable pipelines under the stage
-// API's names, so that `compare 'csp_bench --face=awaitable'
-// 'csp_bench --face=hand'` pairs them.
-constexpr std::array hand_scenarios{
     scenario{"pipeline", 2'000'000, pipeline_hand<awaitable_style>},
     scenario{"pipeline_par", 2'000'000, pipeline_par_hand<awaitable_style>, prepare_par},
+    scenario{"spawn", 200'000, spawn<awaitable_style>},
+    scenario{"fanin_timeout", 1'000'000, fanin_timeout<awaitable_style>},
+};
+
+// --face=hand: the hand-written csp::task pipelines under the stage API's
+// names, so that `compare 'csp_bench --face=task' 'csp_bench --face=hand'`
+// pairs them.
+constexpr std::array hand_scenarios{
+    scenario{"pipeline", 2'000'000, pipeline_hand<task_style>},
+    scenario{"pipeline_par", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
 };
 
 struct entry {
