@@ -69,6 +69,7 @@
 #include <concepts>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <thread>
 #include <type_traits>
@@ -116,6 +117,10 @@ inline constexpr bool is_awaitable_v<asio::awaitable<T, E>> = true;
 // The record of a csp::task given to go(): the task's env lives here, and
 // the record keeps itself alive until the task has ended.
 struct native_task_record : task_record, task_root_env {
+    virtual ~native_task_record() = default;
+    // Destroys what the task's frame referred to, once the frame is gone.
+    virtual void release_callable() noexcept {}
+
     runtime* rt = nullptr;
     std::shared_ptr<task_record> self;  // released when the task ends
 };
@@ -131,12 +136,16 @@ struct forward_cancellation {
     }
 };
 
-// A callable's task, awaited in a frame that keeps the callable (and so a
-// lambda's captures) alive for the whole task.
+// The record of a task made by a callable: the callable (a lambda's
+// captures, which its coroutine refers to) lives here until the task ends.
+// The captures go with the task's end, before the runtime counts it as
+// ended: a wait() that returns has seen every capture destroyed.
 template <class F>
-task<void> run_task_callable(F f, std::stop_token st) {
-    co_await invoke_task(f, st);
-}
+struct callable_task_record final : native_task_record {
+    explicit callable_task_record(F&& fn) : f(std::move(fn)) {}
+    void release_callable() noexcept override { f.reset(); }
+    std::optional<F> f;
+};
 }  // namespace detail
 
 class runtime {
@@ -197,11 +206,13 @@ private:
             throw error("csp: go() on a runtime that is shutting down");
         if constexpr (detail::is_task_v<fn>) {
             static_assert(std::is_same_v<fn, task<void>>, "csp: go() takes a csp::task<void>");
-            start_task(scope, std::forward<F>(f));
+            start_task(scope, std::make_shared<detail::native_task_record>(), std::forward<F>(f));
         } else if constexpr (detail::is_task_v<detail::task_result_t<fn>>) {
             static_assert(std::is_same_v<detail::task_result_t<fn>, task<void>>,
                           "csp: go() takes a callable returning csp::task<void>");
-            start_task(scope, detail::run_task_callable(fn(std::forward<F>(f)), scope.stop_token()));
+            auto record = std::make_shared<detail::callable_task_record<fn>>(fn(std::forward<F>(f)));
+            task<void> t = detail::invoke_task(*record->f, scope.stop_token());
+            start_task(scope, std::move(record), std::move(t));
         } else if constexpr (detail::is_awaitable_v<fn>) {
             start_coroutine(scope, std::make_shared<detail::task_record>(),
                             [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
@@ -236,8 +247,8 @@ private:
     // A csp::task runs on a pooled context like a co_spawned coroutine; its
     // end comes through the record (task_ended below) instead of a
     // completion handler.
-    void start_task(detail::task_scope& scope, task<void> t) {
-        auto record = std::make_shared<detail::native_task_record>();
+    void start_task(detail::task_scope& scope, std::shared_ptr<detail::native_task_record> record,
+                    task<void> t) {
         detail::native_task_record& r = *record;
         r.executor.emplace(contexts_.acquire());
         r.resume_on = asio::any_io_executor(*r.executor);
@@ -255,6 +266,7 @@ private:
     static void task_ended_native(detail::task_root_env& env, std::exception_ptr e) {
         auto& r = static_cast<detail::native_task_record&>(env);
         std::shared_ptr<detail::task_record> keep = std::move(r.self);
+        r.release_callable();
         r.done = true;
         r.signal.slot().clear();
         r.rt->contexts_.give_back(r.executor->context());

@@ -301,3 +301,19 @@ TEST_CASE("task: co_await csp::ignore_cancellation keeps a task receiving throug
     CHECK(sum == 5050);
     CHECK_FALSE(aborted_after);
 }
+
+TEST_CASE("task: a callable's captures are destroyed before wait() returns") {
+    csp::runtime rt(2);
+    auto ch = csp::make_chan<int>(4);
+    auto alive = std::make_shared<int>(0);
+    const int tasks = 200;
+    for (int i = 0; i < tasks; ++i)
+        rt.go([alive, tx = ch.as_sender(), i]() -> csp::task<> {
+            if (i % 2) co_await tx.async_send(i, use_task);  // half of them wait for the reader
+        });
+    long received = 0;
+    for (int i = 0; i < tasks / 2; ++i) received += ch.recv().value_or(-1000000);
+    rt.wait();
+    CHECK(alive.use_count() == 1);  // only ours: every task's copy is gone
+    CHECK(received == 100 * 100);   // 1 + 3 + ... + 199
+}
