@@ -220,12 +220,12 @@ asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
     int chosen;
     outcome how;
     {
-        select_plan plan(cases.cases(), cases.size(), cases.locks(), cases.order());
+        select_plan plan(cases.cases(), cases.size(), cases.order());
         plan.shuffle(cases.order());
         chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
         if (chosen < 0) {
             wake_list woken;  // destroyed after `held`: wakes run unlocked
-            lock_set held(cases.locks(), plan.nlocks);
+            lock_set held(cases.locks(), plan.lock_count(cases.cases(), cases.locks()));
             chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
         }
     }

@@ -83,7 +83,7 @@ public:
         : async_waiter<Handler>(std::move(h)),
           alloc_(a),
           cases_(std::move(cases)),
-          plan_(cases_.cases(), cases_.size(), cases_.locks(), cases_.order()) {}
+          plan_(cases_.cases(), cases_.size(), cases_.order()) {}
 
     static void start(Handler&& h, Storage&& cases) {
         alloc a(asio::get_associated_allocator(h, asio::recycling_allocator<void>()));
@@ -113,7 +113,7 @@ public:
         this->disconnect_cancellation();
         int c = this->claimed_case();
         if (registered_) {  // pass 3
-            lock_set held(cases_.locks(), plan_.nlocks);
+            lock_set held(cases_.locks(), plan_.lock_count(cases_.cases(), cases_.locks()));
             for (int j = 0; j < plan_.polled; ++j) cases_.cases()[cases_.order()[j]]->dequeue();
             registered_ = false;
         }
@@ -186,7 +186,7 @@ private:
             this->result = how;
         } else {
             wake_list woken;
-            lock_set held(cases_.locks(), plan_.nlocks);
+            lock_set held(cases_.locks(), plan_.lock_count(cases_.cases(), cases_.locks()));
             chosen = plan_.poll_all(cases_.cases(), cases_.order(), woken, how);
             if (chosen < 0) {  // pass 2
                 registered_ = true;

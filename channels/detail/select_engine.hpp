@@ -47,17 +47,18 @@ private:
 // What a select is made of, found once before its first pass.
 struct select_plan {
     int fallback = -1, timeout = -1, stop = -1;  // case indices, -1 when absent
-    int polled = 0;                              // order[0..polled): cases tried in pass 1
-    int nlocks = 0;                              // locks[0..nlocks): sorted, unique
+    int cases = 0;                               // cs[0..cases)
+    int polled = 0;                              // order[0..polled): cases tried in passes 0 and 1
     // The timeout case's deadline is still to be set from its `relative`
     // duration. A select whose cases are all on_timeout() reads the clock
     // only once pass 1 found nothing ready: on a busy channel (a select with
     // a fresh timeout per value, Go's time.After) most selects never need
     // the clock, whose read costs 20-60 ns on a VM.
     bool deadline_pending = false;
+    int nlocks_ = -1;  // see lock_count(); -1 until it ran
 
-    // Classifies cs[0..n); `locks` and `order` are scratch arrays of n entries.
-    select_plan(case_base* const* cs, int n, chan_base** locks, int* order) {
+    // Classifies cs[0..n); `order` is a scratch array of n entries.
+    select_plan(case_base* const* cs, int n, int* order) : cases(n) {
         if (n == 0) throw error("csp: select with no cases");
         for (int i = 0; i < n; ++i) {
             switch (cs[i]->kind) {
@@ -88,20 +89,33 @@ struct select_plan {
                 case case_kind::recv:
                 case case_kind::send:
                     order[polled++] = i;
-                    if (chan_base* c = cs[i]->channel()) locks[nlocks++] = c;
                     break;
             }
         }
-        if (nlocks == 0 && fallback < 0 && timeout < 0 && stop < 0)
+    }
+
+    // The number of channel locks, locks[0..n) sorted and unique, found on
+    // the first call (`locks` is a scratch array of `cases` entries). Not in
+    // the constructor: a select that pass 0 completes never needs them.
+    // Throws if the select could never complete: only null channels, and no
+    // default, timeout or stop case.
+    int lock_count(case_base* const* cs, chan_base** locks) {
+        if (nlocks_ >= 0) return nlocks_;
+        int n = 0;
+        for (int i = 0; i < cases; ++i)
+            if (cs[i]->kind == case_kind::recv || cs[i]->kind == case_kind::send)
+                if (chan_base* c = cs[i]->channel()) locks[n++] = c;
+        if (n == 0 && fallback < 0 && timeout < 0 && stop < 0)
             throw error("csp: select on null channels only, with no default, timeout or stop "
                         "case, would block forever");
         // Insertion sort: a select has a handful of channels, and std::sort's
         // inlined large-array branch draws a false -Warray-bounds from g++ 12
         // on the small fixed arrays of a variadic select.
-        for (int i = 1; i < nlocks; ++i)
+        for (int i = 1; i < n; ++i)
             for (int j = i; j > 0 && std::less<>{}(locks[j], locks[j - 1]); --j)
                 std::swap(locks[j], locks[j - 1]);
-        nlocks = static_cast<int>(std::unique(locks, locks + nlocks) - locks);
+        nlocks_ = static_cast<int>(std::unique(locks, locks + n) - locks);
+        return nlocks_;
     }
 
     // A fresh random order of the polled cases, so that each ready case is
@@ -165,8 +179,8 @@ struct select_plan {
 // Runs a select over cs[0..n). `locks` and `order` are scratch arrays of n
 // entries. Returns the index of the case whose handler ran.
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order) {
-    select_plan plan(cs, n, locks, order);
-    const int polled = plan.polled, nlocks = plan.nlocks, timeout = plan.timeout, stop = plan.stop;
+    select_plan plan(cs, n, order);
+    const int polled = plan.polled, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &cs[timeout]->deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &cs[stop]->stop : nullptr;
 
@@ -183,7 +197,7 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
         outcome how;
         if ((chosen = plan.poll_unlocked(cs, order, how)) < 0) {
             wake_list woken;  // destroyed after `held`: wakes run unlocked
-            lock_set held(locks, nlocks);
+            lock_set held(locks, plan.lock_count(cs, locks));
             chosen = plan.poll_all(cs, order, woken, how);  // pass 1
             if (chosen < 0 && !polling) {  // pass 2
                 for (int j = 0; j < polled; ++j) cs[order[j]]->enqueue(w, order[j]);
@@ -203,7 +217,7 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
         int c = wait_claimed(w, deadline, timeout, stop_token, stop);
 
         {  // pass 3
-            lock_set held(locks, nlocks);
+            lock_set held(locks, plan.lock_count(cs, locks));
             for (int j = 0; j < polled; ++j) cs[order[j]]->dequeue();
         }
         if (c == timeout || c == stop) {
