@@ -207,17 +207,17 @@ private:
         if constexpr (detail::is_task_v<fn>) {
             static_assert(std::is_same_v<fn, task<void>>, "csp: go() takes a csp::task<void>");
             start_task(scope, std::make_shared<detail::native_task_record>(), std::forward<F>(f));
+        } else if constexpr (detail::is_awaitable_v<fn>) {
+            start_coroutine(scope, std::make_shared<detail::task_record>(),
+                            [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
+                                return std::move(*a);
+                            });
         } else if constexpr (detail::is_task_v<detail::task_result_t<fn>>) {
             static_assert(std::is_same_v<detail::task_result_t<fn>, task<void>>,
                           "csp: go() takes a callable returning csp::task<void>");
             auto record = std::make_shared<detail::callable_task_record<fn>>(fn(std::forward<F>(f)));
             task<void> t = detail::invoke_task(*record->f, scope.stop_token());
             start_task(scope, std::move(record), std::move(t));
-        } else if constexpr (detail::is_awaitable_v<fn>) {
-            start_coroutine(scope, std::make_shared<detail::task_record>(),
-                            [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
-                                return std::move(*a);
-                            });
         } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {
             start_coroutine(scope, std::make_shared<detail::task_record>(), fn(std::forward<F>(f)));
         } else {
@@ -252,6 +252,9 @@ private:
         detail::native_task_record& r = *record;
         r.executor.emplace(contexts_.acquire());
         r.resume_on = asio::any_io_executor(*r.executor);
+        r.post_completion = [](detail::task_env& env, detail::direct_completion& c) {
+            static_cast<detail::native_task_record&>(env).executor->context().post_continuation(c);
+        };
         r.rt = this;
         r.ended = &runtime::task_ended_native;
         r.signal.slot().template emplace<detail::forward_cancellation>(&r);

@@ -78,6 +78,13 @@ struct completion_traits {
     }
 };
 
+// A handler that queues its operation's completion node itself: a
+// csp::task's (task_ops.hpp), whose executor is the runtime's, kept alive by
+// the runtime (no work to track) and able to take the node as it is. Its
+// operations skip Asio's executor machinery altogether.
+template <class H>
+concept direct_posting_handler = requires(const H& h, direct_completion& c) { h.post_direct(c); };
+
 // Runs Op::complete on the handler's executor.
 template <class Op>
 struct run_completion {
@@ -99,7 +106,8 @@ protected:
     // claim it: from here on it keeps its executor's work tracked (an
     // operation that completes at once never pays for that).
     void track_work() noexcept {
-        if (!work_) work_.emplace(traits::track(handler_));
+        if constexpr (!direct_posting_handler<Handler>)
+            if (!work_) work_.emplace(traits::track(handler_));
     }
 
     // Counts this operation as parked in the current runtime, if any, when
@@ -128,6 +136,12 @@ protected:
     template <class Op>
     void post(run_completion<Op> f) noexcept {
         if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
+        if constexpr (direct_posting_handler<Handler>) {
+            direct_.target = f.op;
+            direct_.finish = &finish_direct<Op>;
+            handler_.post_direct(direct_);
+            return;
+        }
         // Unset only for an operation that completed at once, on its own thread.
         if (!work_) work_.emplace(traits::track(handler_));
         if constexpr (std::is_same_v<typename traits::work, asio::any_io_executor>) {

@@ -13,11 +13,18 @@
 #include <asio/any_io_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 
+#include "direct_completion.hpp"
+
 namespace csp::detail {
 
 struct task_env {
     // Where the task's coroutine resumes after an operation that waited.
     asio::any_io_executor resume_on;
+    // Queues a completion node on resume_on, as a continuation of the
+    // running task (direct_completion.hpp): how a waiting operation's
+    // completion reaches the task without going through Asio's executor
+    // properties. Any thread may call it.
+    void (*post_completion)(task_env&, direct_completion&) = nullptr;
     // The cancellation slot an operation that waits binds its handler to:
     // at most one operation of a task waits at a time.
     asio::cancellation_signal operation_signal;

@@ -74,6 +74,8 @@ struct task_resume_handler {
     cancellation_slot_type get_cancellation_slot() const noexcept {
         return aw->env->operation_signal.slot();
     }
+    // async_op.hpp: the completion goes straight onto the task's queue.
+    void post_direct(direct_completion& c) const { aw->env->post_completion(*aw->env, c); }
 
     template <class... Args>
     void operator()(Args&&... args) {
