@@ -57,16 +57,16 @@ int main(int argc, char** argv) {
         csp::task_group group(rt);
         for (int i = 0; i < replicas; ++i) {
             group.go([i, d = latency[static_cast<std::size_t>(i)], tx = answers.as_sender(), &rt,
-                      &cancelled]() -> asio::awaitable<void> {
+                      &cancelled]() -> csp::task<> {
                 auto done = csp::after(d, rt);  // the simulated request
                 try {
-                    co_await done.async_recv(asio::use_awaitable);
+                    co_await done.async_recv(csp::use_task);
                 } catch (const std::system_error&) {  // operation_aborted: the group was cancelled
                     cancelled.fetch_add(1, std::memory_order_relaxed);
                     throw;  // ends the task; a cancelled group does not report it as an error
                 }
                 answer a{i, d};
-                co_await tx.async_send(std::move(a), asio::use_awaitable);
+                co_await tx.async_send(std::move(a), csp::use_task);
             });
         }
 

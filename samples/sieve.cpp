@@ -25,14 +25,14 @@
 namespace {
 
 // Sends 2, 3, 4, ... until cancelled.
-asio::awaitable<void> generate(csp::sender<std::uint64_t> out) {
-    for (std::uint64_t i = 2;; ++i) co_await out.async_send(i, asio::use_awaitable);
+csp::task<> generate(csp::sender<std::uint64_t> out) {
+    for (std::uint64_t i = 2;; ++i) co_await out.async_send(i, csp::use_task);
 }
 
 // Copies the values of `in` that `prime` does not divide to `out`.
-asio::awaitable<void> filter(csp::receiver<std::uint64_t> in, csp::sender<std::uint64_t> out, std::uint64_t prime) {
-    while (auto v = co_await in.async_recv(asio::use_awaitable))
-        if (*v % prime != 0) co_await out.async_send(*v, asio::use_awaitable);
+csp::task<> filter(csp::receiver<std::uint64_t> in, csp::sender<std::uint64_t> out, std::uint64_t prime) {
+    while (auto v = co_await in.async_recv(csp::use_task))
+        if (*v % prime != 0) co_await out.async_send(*v, csp::use_task);
 }
 
 }  // namespace

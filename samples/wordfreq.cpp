@@ -132,8 +132,8 @@ int main(int argc, char** argv) {
         csp::task_group counters(p.rt());
         auto finished = csp::make_chan<int>();
         for (unsigned i = 0; i < workers; ++i) {
-            counters.go([texts, done = finished.as_closing_sender(), &t = tallies[i], &files_done]() -> asio::awaitable<void> {
-                while (auto txt = co_await texts.async_recv(asio::use_awaitable)) {
+            counters.go([texts, done = finished.as_closing_sender(), &t = tallies[i], &files_done]() -> csp::task<> {
+                while (auto txt = co_await texts.async_recv(csp::use_task)) {
                     if (txt->ok) t.words += count_words(txt->bytes, t.map);
                     else t.unreadable.push_back(std::move(txt->path));
                     files_done.fetch_add(1, std::memory_order_relaxed);

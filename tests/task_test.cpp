@@ -8,12 +8,14 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -316,4 +318,78 @@ TEST_CASE("task: a callable's captures are destroyed before wait() returns") {
     rt.wait();
     CHECK(alive.use_count() == 1);  // only ours: every task's copy is gone
     CHECK(received == 100 * 100);   // 1 + 3 + ... + 199
+}
+
+TEST_CASE("task: a select parked with use_task is cancelled with its group and takes nothing") {
+    csp::runtime rt(2);
+    auto a = csp::make_chan<int>(), b = csp::make_chan<int>(1);
+    auto parked = csp::make_chan<int>();
+    bool aborted_select = false, default_ran = false;
+    {
+        csp::task_group g(rt);
+        g.go([&]() -> csp::task<> {
+            // A default case never waits.
+            std::size_t i = co_await csp::async_select(use_task, csp::on_recv(a, [](std::optional<int>) {}),
+                                                       csp::on_default([&] { default_ran = true; }));
+            CHECK(i == 1);
+            co_await parked.async_send(1, use_task);
+            try {
+                (void)co_await csp::async_select(use_task, csp::on_recv(a, [](std::optional<int>) {}),
+                                                 csp::on_recv(b, [](std::optional<int>) {}));
+            } catch (const std::system_error& e) {
+                aborted_select = aborted(e);
+            }
+        });
+        CHECK(parked.recv() == 1);
+        g.cancel();
+        g.wait();
+    }
+    CHECK(default_ran);
+    CHECK(aborted_select);
+    b.send(4);  // b had room and nothing was taken from it
+    CHECK(b.try_recv().value() == 4);
+}
+
+// Many parties on small channels exercise the waiting paths of every
+// operation (a full ring, an empty ring, a value handed to a parked
+// receiver, a receiver retried after a lock-free party took its value).
+TEST_CASE("task: producers and consumers, tasks and threads, on capacity 0 and 1: each value once") {
+    for (std::ptrdiff_t cap : {0, 1}) {
+        CAPTURE(cap);
+        csp::runtime rt(2);
+        auto ch = csp::make_chan<long>(cap);
+        const long per = 5000, task_producers = 3, thread_producers = 1;
+        const long total = per * (task_producers + thread_producers);
+        std::vector<long> seen(static_cast<std::size_t>(total), 0);
+        std::mutex seen_mu;
+        auto closer = ch.as_closing_sender();
+        for (long p = 0; p < task_producers; ++p)
+            rt.go([tx = closer, p]() -> csp::task<> {
+                for (long i = 0; i < per; ++i) {
+                    long v = p * per + i;
+                    co_await tx.async_send(v, use_task);
+                }
+            });
+        std::thread thread_producer([tx = closer] {
+            for (long i = 0; i < per; ++i) tx.send(task_producers * per + i);
+        });
+        closer = {};
+        auto record = [&](long v) {
+            std::lock_guard g(seen_mu);
+            ++seen[static_cast<std::size_t>(v)];
+        };
+        for (int c = 0; c < 3; ++c)
+            rt.go([rx = ch.as_receiver(), &record]() -> csp::task<> {
+                while (auto v = co_await rx.async_recv(use_task)) record(*v);
+            });
+        std::thread thread_consumer([rx = ch.as_receiver(), &record] {
+            while (auto v = rx.recv()) record(*v);
+        });
+        thread_producer.join();
+        thread_consumer.join();
+        rt.wait();
+        long wrong = 0;
+        for (long n : seen) wrong += n != 1;
+        CHECK(wrong == 0);
+    }
 }
