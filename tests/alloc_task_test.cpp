@@ -1,7 +1,7 @@
 // No allocation per operation on the task face, in steady state: coroutine
-// tasks of a csp::runtime exchanging values with co_await async_send /
-// async_recv / csp::async_select must not touch the heap once warmed up,
-// whichever worker runs them.
+// tasks of a csp::runtime (csp::task and asio::awaitable alike) exchanging
+// values with co_await async_send / async_recv / csp::async_select must not
+// touch the heap once warmed up, whichever worker runs them.
 //
 // Every allocation of the process is counted (a relaxed atomic, see below
 // for why at the malloc level): tasks run on the runtime's worker threads,
@@ -133,6 +133,23 @@ namespace {
 using i64 = std::int64_t;
 using asio::use_awaitable;
 
+// Each scenario runs with both kinds of coroutine task: csp::task with
+// csp::use_task, and asio::awaitable with asio::use_awaitable.
+struct task_style {
+    template <class T>
+    using co = csp::task<T>;
+    static constexpr const csp::use_task_t& token = csp::use_task;
+    static constexpr const char* name = "csp::task";
+};
+struct awaitable_style {
+    template <class T>
+    using co = asio::awaitable<T>;
+    static constexpr const asio::use_awaitable_t<>& token = asio::use_awaitable;
+    static constexpr const char* name = "asio::awaitable";
+};
+template <class S>
+using co = typename S::template co<void>;
+
 constexpr int kWarm = 2'000;     // operations before the window opens
 constexpr int kOps = 100'000;    // operations inside it
 // One worker: nothing at all in steady state (a stray allocation at the
@@ -228,7 +245,8 @@ TEST_CASE("the counter sees allocations made on a runtime worker") {
     CHECK(made != kNotRun);
 }
 
-TEST_CASE("unbuffered ping-pong between two coroutine tasks allocates nothing per message") {
+TEST_CASE_TEMPLATE("unbuffered ping-pong between two coroutine tasks allocates nothing per message", S, task_style,
+                   awaitable_style) {
     for (int workers : kWorkerCounts) {
         CAPTURE(workers);
         csp::runtime rt(workers);
@@ -238,35 +256,36 @@ TEST_CASE("unbuffered ping-pong between two coroutine tasks allocates nothing pe
         std::size_t allocs = kNotRun;
         i64 sum = 0;
         int echoed = 0;
-        rt.go([&]() -> asio::awaitable<void> {
+        rt.go([&]() -> co<S> {
             window w;
             for (int i = 0; i < kWarm + kOps; ++i) {
                 if (i == kWarm) w.open();
                 i64 v = i;
-                co_await ping.async_send(v, use_awaitable);
-                sum += take(co_await pong.async_recv(use_awaitable));
+                co_await ping.async_send(v, S::token);
+                sum += take(co_await pong.async_recv(S::token));
             }
             allocs = w.close();
-            co_await finished.async_send(1, use_awaitable);
+            co_await finished.async_send(1, S::token);
         });
-        rt.go([&]() -> asio::awaitable<void> {
+        rt.go([&]() -> co<S> {
             for (int i = 0; i < kWarm + kOps; ++i) {
-                i64 v = take(co_await ping.async_recv(use_awaitable));
-                co_await pong.async_send(v, use_awaitable);
+                i64 v = take(co_await ping.async_recv(S::token));
+                co_await pong.async_send(v, S::token);
                 ++echoed;
             }
-            co_await finished.async_send(2, use_awaitable);
+            co_await finished.async_send(2, S::token);
         });
         int ends = finished.recv().value() + finished.recv().value();
         rt.wait();
         CHECK(ends == 3);
         CHECK(echoed == kWarm + kOps);
         CHECK(sum == triangle(kWarm + kOps));
-        report("unbuffered ping-pong", workers, allocs, 2 * i64{kOps});
+        report(std::string(S::name) + ", unbuffered ping-pong", workers, allocs, 2 * i64{kOps});
     }
 }
 
-TEST_CASE("a buffered producer and consumer task allocate nothing per message") {
+TEST_CASE_TEMPLATE("a buffered producer and consumer task allocate nothing per message", S, task_style,
+                   awaitable_style) {
     for (int workers : kWorkerCounts) {
         CAPTURE(workers);
         csp::runtime rt(workers);
@@ -274,32 +293,33 @@ TEST_CASE("a buffered producer and consumer task allocate nothing per message") 
         auto finished = csp::make_chan<int>();
         std::size_t allocs = kNotRun;
         i64 sum = 0;
-        rt.go([&]() -> asio::awaitable<void> {
+        rt.go([&]() -> co<S> {
             for (int i = 0; i < kWarm + kOps; ++i) {
                 i64 v = i;
-                co_await ch.async_send(v, use_awaitable);
+                co_await ch.async_send(v, S::token);
             }
-            co_await finished.async_send(1, use_awaitable);
+            co_await finished.async_send(1, S::token);
         });
-        rt.go([&]() -> asio::awaitable<void> {
+        rt.go([&]() -> co<S> {
             window w;
             for (int i = 0; i < kWarm + kOps; ++i) {
                 if (i == kWarm) w.open();
-                sum += take(co_await ch.async_recv(use_awaitable));
+                sum += take(co_await ch.async_recv(S::token));
             }
             allocs = w.close();
-            co_await finished.async_send(2, use_awaitable);
+            co_await finished.async_send(2, S::token);
         });
         int ends = finished.recv().value() + finished.recv().value();
         rt.wait();
         CHECK(ends == 3);
         CHECK(sum == triangle(kWarm + kOps));
         CHECK(ch.size() == 0);
-        report("buffered (1024) producer -> consumer", workers, allocs, kOps);
+        report(std::string(S::name) + ", buffered (1024) producer -> consumer", workers, allocs, kOps);
     }
 }
 
-TEST_CASE("async_select over two receive cases allocates nothing per message") {
+TEST_CASE_TEMPLATE("async_select over two receive cases allocates nothing per message", S, task_style,
+                   awaitable_style) {
     constexpr int kEach = (kWarm + kOps) / 2;  // each producer's share
     static_assert((kWarm + kOps) % 2 == 0);
     for (int workers : kWorkerCounts) {
@@ -311,20 +331,20 @@ TEST_CASE("async_select over two receive cases allocates nothing per message") {
         std::size_t allocs = kNotRun;
         i64 sum_a = 0, sum_b = 0;
         int from_a = 0, from_b = 0, closed_seen = 0;
-        auto producer = [&finished](csp::channel<i64> ch, int tag) -> asio::awaitable<void> {
+        auto producer = [&finished](csp::channel<i64> ch, int tag) -> co<S> {
             for (int i = 0; i < kEach; ++i) {
                 i64 v = i;
-                co_await ch.async_send(v, use_awaitable);
+                co_await ch.async_send(v, S::token);
             }
-            co_await finished.async_send(tag, use_awaitable);
+            co_await finished.async_send(tag, S::token);
         };
         rt.go(producer(a, 1));
         rt.go(producer(b, 2));
-        rt.go([&]() -> asio::awaitable<void> {
+        rt.go([&]() -> co<S> {
             window w;
             for (int i = 0; i < kWarm + kOps; ++i) {
                 if (i == kWarm) w.open();
-                (void)co_await csp::async_select(use_awaitable,
+                (void)co_await csp::async_select(S::token,
                                                  csp::on_recv(a,
                                                               [&](std::optional<i64> v) {
                                                                   if (!v) return void(++closed_seen);
@@ -338,7 +358,7 @@ TEST_CASE("async_select over two receive cases allocates nothing per message") {
                                                  }));
             }
             allocs = w.close();
-            co_await finished.async_send(4, use_awaitable);
+            co_await finished.async_send(4, S::token);
         });
         int ends = finished.recv().value() + finished.recv().value() + finished.recv().value();
         rt.wait();
@@ -348,6 +368,6 @@ TEST_CASE("async_select over two receive cases allocates nothing per message") {
         CHECK(from_b == kEach);
         CHECK(sum_a == triangle(kEach));
         CHECK(sum_b == triangle(kEach));
-        report("async_select over two receives", workers, allocs, kOps);
+        report(std::string(S::name) + ", async_select over two receives", workers, allocs, kOps);
     }
 }
