@@ -1,9 +1,9 @@
 // csp::runtime — tasks on a small pool of threads, on Asio.
 //
 //   csp::runtime rt;                       // one worker per core
-//   rt.go([&]() -> asio::awaitable<void> { // a coroutine task: channel operations suspend it
-//       while (auto v = co_await in.async_recv(asio::use_awaitable))
-//           co_await out.async_send(f(*v), asio::use_awaitable);
+//   rt.go([&]() -> csp::task<> {           // a coroutine task: channel operations suspend it
+//       while (auto v = co_await in.async_recv(csp::use_task))
+//           co_await out.async_send(f(*v), csp::use_task);
 //       out.close();
 //   });
 //   rt.go([&] { blocking_work(); });       // a plain task: runs on a thread of its own
@@ -20,10 +20,10 @@
 // parked in a channel operation holds no thread: 100 000 of them cost only
 // their coroutine frames and contexts.
 //
-// Tasks. go() takes a coroutine (asio::awaitable<void>, or a callable
-// returning one) or a plain callable. A callable may take a std::stop_token
-// as its only parameter; it is stopped when its group (or the runtime) is
-// cancelled. Plain callables run on a separate elastic pool of threads
+// Tasks. go() takes a coroutine (a csp::task<void> (task.hpp) or an
+// asio::awaitable<void>, or a callable returning either) or a plain
+// callable. A callable may take a std::stop_token as its only parameter;
+// it is stopped when its group (or the runtime) is cancelled. Plain callables run on a separate elastic pool of threads
 // (blocking_pool.hpp), never on a coroutine worker: a plain task may block
 // in a channel operation without stalling coroutines, and a plain task
 // never waits for a thread behind blocked ones, so plain tasks that wait for
