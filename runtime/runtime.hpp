@@ -63,6 +63,7 @@
 #include <asio/dispatch.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
+#include <asio/recycling_allocator.hpp>
 #include <asio/strand.hpp>
 
 #include <atomic>
@@ -206,7 +207,8 @@ private:
             throw error("csp: go() on a runtime that is shutting down");
         if constexpr (detail::is_task_v<fn>) {
             static_assert(std::is_same_v<fn, task<void>>, "csp: go() takes a csp::task<void>");
-            start_task(scope, std::make_shared<detail::native_task_record>(), std::forward<F>(f));
+            start_task(scope, std::allocate_shared<detail::native_task_record>(asio::recycling_allocator<void>()),
+                       std::forward<F>(f));
         } else if constexpr (detail::is_awaitable_v<fn>) {
             start_coroutine(scope, std::make_shared<detail::task_record>(),
                             [a = std::make_shared<fn>(std::forward<F>(f))](std::stop_token) mutable {
@@ -215,7 +217,9 @@ private:
         } else if constexpr (detail::is_task_v<detail::task_result_t<fn>>) {
             static_assert(std::is_same_v<detail::task_result_t<fn>, task<void>>,
                           "csp: go() takes a callable returning csp::task<void>");
-            auto record = std::make_shared<detail::callable_task_record<fn>>(fn(std::forward<F>(f)));
+            // The record from the thread's recycling cache, as the frame.
+            auto record = std::allocate_shared<detail::callable_task_record<fn>>(
+                asio::recycling_allocator<void>(), fn(std::forward<F>(f)));
             task<void> t = detail::invoke_task(*record->f, scope.stop_token());
             start_task(scope, std::move(record), std::move(t));
         } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {

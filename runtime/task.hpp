@@ -40,6 +40,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <asio/detail/thread_context.hpp>
+#include <asio/detail/thread_info_base.hpp>
 #include <asio/error.hpp>
 
 #include <channels/async.hpp>
@@ -65,6 +67,22 @@ struct task_root_env : task_env {
 
 class task_promise_base {
 public:
+    // Frames come from the thread's recycling cache, the one Asio keeps for
+    // its own coroutine frames (an internal of Asio, as asio::awaitable
+    // uses it): a task that ends on the worker that started it (a short
+    // task, started from a task) leaves its frame for the next one there,
+    // without a malloc and a free per task.
+    static void* operator new(std::size_t size) {
+        return asio::detail::thread_info_base::allocate(
+            asio::detail::thread_info_base::awaitable_frame_tag(),
+            asio::detail::thread_context::top_of_thread_call_stack(), size);
+    }
+    static void operator delete(void* frame, std::size_t size) noexcept {
+        asio::detail::thread_info_base::deallocate(
+            asio::detail::thread_info_base::awaitable_frame_tag(),
+            asio::detail::thread_context::top_of_thread_call_stack(), frame, size);
+    }
+
     std::suspend_always initial_suspend() const noexcept { return {}; }
 
     struct final_awaiter {
