@@ -217,18 +217,8 @@ struct initiate_select {
 // an operation.
 template <class Executor, class Storage>
 asio::awaitable<std::size_t, Executor> awaitable_select(Storage cases) {
-    int chosen;
     outcome how;
-    {
-        select_plan plan(cases.cases(), cases.size(), cases.order());
-        plan.shuffle(cases.order());
-        chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
-        if (chosen < 0) {
-            wake_list woken;  // destroyed after `held`: wakes run unlocked
-            lock_set held(cases.locks(), plan.lock_count(cases.cases(), cases.locks()));
-            chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
-        }
-    }
+    const int chosen = select_now(cases, how);
     if (chosen >= 0) {
         cases.cases()[chosen]->run(how);  // a handler's exception leaves through co_await
         co_return static_cast<std::size_t>(chosen);

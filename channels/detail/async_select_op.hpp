@@ -73,6 +73,23 @@ private:
     std::vector<int> order_;
 };
 
+// Passes 0 and 1 of a select that is awaited (co_await with use_awaitable
+// or use_task): the case chosen now (its handler not yet run) and how it
+// completed, or -1 when the select must wait, which an async_select_op
+// then does.
+template <class Storage>
+int select_now(Storage& cases, outcome& how) {
+    select_plan plan(cases.cases(), cases.size(), cases.order());
+    plan.shuffle(cases.order());
+    int chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
+    if (chosen < 0) {
+        wake_list woken;  // destroyed after `held`: wakes run unlocked
+        lock_set held(cases.locks(), plan.lock_count(cases.cases(), cases.locks()));
+        chosen = plan.poll_all(cases.cases(), cases.order(), woken, how);
+    }
+    return chosen;
+}
+
 template <class Handler, class Storage>
 class async_select_op final : public async_waiter<Handler> {
     using alloc = typename std::allocator_traits<

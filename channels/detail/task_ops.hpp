@@ -164,14 +164,7 @@ public:
     explicit task_select_awaiter(Storage cases) : cases_(std::move(cases)) {}
 
     bool await_ready() {
-        select_plan plan(cases_.cases(), cases_.size(), cases_.order());
-        plan.shuffle(cases_.order());
-        chosen_ = plan.poll_unlocked(cases_.cases(), cases_.order(), how_);
-        if (chosen_ < 0) {
-            wake_list woken;  // destroyed after `held`: wakes run unlocked
-            lock_set held(cases_.locks(), plan.lock_count(cases_.cases(), cases_.locks()));
-            chosen_ = plan.poll_all(cases_.cases(), cases_.order(), woken, how_);
-        }
+        chosen_ = select_now(cases_, how_);
         return chosen_ >= 0;
     }
     void await_suspend(std::coroutine_handle<> h) {

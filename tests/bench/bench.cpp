@@ -212,8 +212,6 @@ struct awaitable_style {
 };
 template <class S>
 using co = typename S::template co<void>;
-template <class T>
-using aw = asio::awaitable<T>;
 
 csp::runtime& rt() {
     static csp::runtime r;  // default workers: one per core
