@@ -136,20 +136,17 @@ protected:
     template <class Op>
     void post(run_completion<Op> f) noexcept {
         if (park_hooks* h = std::exchange(hooks_, nullptr)) h->unparked();  // once per park, retries included
+        direct_.target = f.op;
+        direct_.finish = &finish_direct<Op>;
         if constexpr (direct_posting_handler<Handler>) {
-            direct_.target = f.op;
-            direct_.finish = &finish_direct<Op>;
             handler_.post_direct(direct_);
             return;
         }
         // Unset only for an operation that completed at once, on its own thread.
         if (!work_) work_.emplace(traits::track(handler_));
         if constexpr (std::is_same_v<typename traits::work, asio::any_io_executor>) {
-            if (direct_post_fn direct = direct_post_hook.load(std::memory_order_acquire)) {
-                direct_.target = f.op;
-                direct_.finish = &finish_direct<Op>;
+            if (direct_post_fn direct = direct_post_hook.load(std::memory_order_acquire))
                 if (direct(*work_, direct_)) return;
-            }
         }
         traits::post(*work_, handler_, std::move(f));
     }
