@@ -259,7 +259,7 @@ template <class Token, detail::select_case... C>
 auto async_select(Token&& token, C&&... cases) {
     using storage = detail::owned_cases<std::remove_cvref_t<C>...>;
     if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
-        return detail::task_select_awaiter<storage>(storage(std::forward<C>(cases)...));
+        return detail::task_select_awaiter<storage>(std::in_place, std::forward<C>(cases)...);
     } else if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
         return detail::awaitable_select<ex>(storage(std::forward<C>(cases)...));
@@ -277,8 +277,7 @@ auto async_select(Token&& token, R& cases) {
     std::vector<detail::case_base*> cs;
     for (auto&& c : cases) cs.push_back(detail::as_case(c));
     if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
-        return detail::task_select_awaiter<detail::borrowed_cases>(
-            detail::borrowed_cases(std::move(cs)));
+        return detail::task_select_awaiter<detail::borrowed_cases>(std::in_place, std::move(cs));
     } else if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
         return detail::awaitable_select<ex>(detail::borrowed_cases(std::move(cs)));

@@ -65,6 +65,16 @@ struct task_root_env : task_env {
     void (*ended)(task_root_env&, std::exception_ptr) = nullptr;
 };
 
+// What co_await sees of a channel operation's awaiter: a pointer to it
+// (see task_promise_base::await_transform).
+template <class A>
+struct awaiter_ref {
+    A* a;
+    bool await_ready() { return a->await_ready(); }
+    decltype(auto) await_suspend(std::coroutine_handle<> h) { return a->await_suspend(h); }
+    decltype(auto) await_resume() { return a->await_resume(); }
+};
+
 class task_promise_base {
 public:
     // Frames come from the thread's recycling cache, the one Asio keeps for
@@ -108,12 +118,18 @@ public:
 
     // csp's awaiters get the task's env; a cancelled task throws at its next
     // channel operation.
+    // Returns a pointer to the operation's awaiter, not the awaiter: g++ 12
+    // copies (moves) an awaiter that await_transform returns by reference
+    // into a temporary of its own, and a select's awaiter holds all its
+    // cases, whose every move costs as much as a pass 0 that finds a value.
+    // The operand outlives the co_await: it is a temporary of the same
+    // full-expression, or the caller's object.
     template <class A>
         requires std::is_base_of_v<task_awaiter, std::remove_cvref_t<A>>
-    A&& await_transform(A&& a) const {
+    awaiter_ref<std::remove_reference_t<A>> await_transform(A&& a) const {
         if (env_->cancelled) throw std::system_error(asio::error::operation_aborted);
         a.env = env_;
-        return std::forward<A>(a);
+        return {&a};
     }
     template <class U>
     auto await_transform(task<U>&& t) const noexcept;

@@ -47,8 +47,14 @@ public:
     int* order() noexcept { return order_.data(); }
 
 private:
+    // One store per element: assigning a braced array builds a temporary
+    // and copies it with wide loads of narrow stores just made (a store-
+    // forwarding stall on every select).
     void point() noexcept {
-        std::apply([this](auto&... c) { ptrs_ = {static_cast<case_base*>(&c)...}; }, cases_);
+        std::apply([this](auto&... c) {
+            std::size_t i = 0;
+            ((ptrs_[i++] = static_cast<case_base*>(&c)), ...);
+        }, cases_);
     }
     std::tuple<Cases...> cases_;
     std::array<case_base*, sizeof...(Cases)> ptrs_;
@@ -238,11 +244,11 @@ private:
     // only repeats what arm() did; the CAS makes the second claim a no-op.)
     void claim_if_due() noexcept {
         const case_base* const* cs = cases_.cases();
-        if (plan_.stop >= 0 && cs[plan_.stop]->stop.stop_requested() &&
+        if (plan_.stop >= 0 && special(cs[plan_.stop]).stop.stop_requested() &&
             this->try_claim(plan_.stop)) {
             wake();
         } else if (plan_.timeout >= 0 &&
-                   std::chrono::steady_clock::now() >= cs[plan_.timeout]->deadline &&
+                   std::chrono::steady_clock::now() >= special(cs[plan_.timeout]).deadline &&
                    this->try_claim(plan_.timeout)) {
             wake();
         }
@@ -252,11 +258,11 @@ private:
         std::lock_guard g(arm_mu_);
         if (plan_.timeout >= 0 && !timer_) {
             refs_.fetch_add(1, std::memory_order_relaxed);  // dropped by timer_fired
-            timer_.emplace(timer_executor(), cases_.cases()[plan_.timeout]->deadline);
+            timer_.emplace(timer_executor(), special(cases_.cases()[plan_.timeout]).deadline);
             timer_->async_wait(timer_fired{this});
         }
         if (plan_.stop >= 0 && !stop_callback_)
-            stop_callback_.emplace(cases_.cases()[plan_.stop]->stop, stop_requested{this});
+            stop_callback_.emplace(special(cases_.cases()[plan_.stop]).stop, stop_requested{this});
     }
 
     // The timer runs on the handler's executor when that is an I/O executor;

@@ -44,10 +44,26 @@ public:
     virtual void run(outcome how) = 0;
 
     const case_kind kind;
+};
+
+// A default, timeout or stop case: the fields that only these need live
+// here, not in every case. A select builds and moves its cases every time
+// it runs, and each field of a receive case was stores (and a stop_token's
+// branchy move and destructor) paid on every value a busy select takes.
+class special_case_base : public case_base {
+public:
+    using case_base::case_base;
+
     steady_time deadline{};                 // timeout cases only
     std::optional<std::chrono::steady_clock::duration> relative;  // on_timeout: deadline = select start + this
     std::stop_token stop;                   // stop cases only
 };
+
+// Requires c->kind to be fallback, timeout or stop.
+inline special_case_base& special(case_base* c) noexcept { return static_cast<special_case_base&>(*c); }
+inline const special_case_base& special(const case_base* c) noexcept {
+    return static_cast<const special_case_base&>(*c);
+}
 
 template <class T, class F>
 class recv_case final : public case_base {
@@ -66,6 +82,7 @@ public:
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
+        node_ = wait_node{};
         node_.owner = &w;
         node_.slot = &value_;
         node_.case_index = index;
@@ -92,7 +109,7 @@ private:
     chan_state<T>* ch_;
     F f_;
     std::optional<T> value_;
-    wait_node node_;
+    wait_node node_{wait_node::unset};  // set by enqueue(); dequeue() only follows it
 };
 
 // Owned: the case holds the value (given as an rvalue); otherwise it refers
@@ -118,6 +135,7 @@ public:
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
+        node_ = wait_node{};
         node_.owner = &w;
         node_.slot = &value();
         node_.case_index = index;
@@ -142,15 +160,15 @@ private:
     chan_state<T>* ch_;
     stored v_;
     F f_;
-    wait_node node_;
+    wait_node node_{wait_node::unset};  // set by enqueue(); dequeue() only follows it
 };
 
 // default, timeout and stop cases: no channel, only a handler.
 template <class F>
-class plain_case final : public case_base {
+class plain_case final : public special_case_base {
 public:
-    plain_case(case_kind k, F f) : case_base(k), f_(std::move(f)) {}
-    plain_case(plain_case&& o) : case_base(o.kind), f_(std::move(o.f_)) {
+    plain_case(case_kind k, F f) : special_case_base(k), f_(std::move(f)) {}
+    plain_case(plain_case&& o) : special_case_base(o.kind), f_(std::move(o.f_)) {
         deadline = o.deadline;
         relative = o.relative;
         stop = o.stop;

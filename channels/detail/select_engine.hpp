@@ -60,6 +60,9 @@ struct select_plan {
     // Classifies cs[0..n); `order` is a scratch array of n entries.
     select_plan(case_base* const* cs, int n, int* order) : cases(n) {
         if (n == 0) throw error("csp: select with no cases");
+        // Counted in a local: `order` is an int* that could alias `polled`,
+        // which would make every case a store and a reload of it.
+        int count = 0;
         for (int i = 0; i < n; ++i) {
             switch (cs[i]->kind) {
                 case case_kind::fallback:
@@ -69,29 +72,30 @@ struct select_plan {
                 case case_kind::timeout:
                     if (timeout < 0) {
                         timeout = i;
-                        deadline_pending = cs[i]->relative.has_value();
-                    } else if (deadline_pending && cs[i]->relative) {
-                        if (*cs[i]->relative < *cs[timeout]->relative) timeout = i;
+                        deadline_pending = special(cs[i]).relative.has_value();
+                    } else if (deadline_pending && special(cs[i]).relative) {
+                        if (*special(cs[i]).relative < *special(cs[timeout]).relative) timeout = i;
                     } else {
                         // Absolute and relative deadlines mixed: set them all now.
                         const steady_time now = std::chrono::steady_clock::now();
                         for (int t : {timeout, i})
-                            if (cs[t]->relative) cs[t]->deadline = after(now, *cs[t]->relative);
+                            if (special(cs[t]).relative) special(cs[t]).deadline = after(now, *special(cs[t]).relative);
                         deadline_pending = false;
-                        if (cs[i]->deadline < cs[timeout]->deadline) timeout = i;
+                        if (special(cs[i]).deadline < special(cs[timeout]).deadline) timeout = i;
                     }
                     break;
                 case case_kind::stop:
                     if (stop >= 0) throw error("csp: select with more than one stop case");
                     stop = i;
-                    order[polled++] = i;
+                    order[count++] = i;
                     break;
                 case case_kind::recv:
                 case case_kind::send:
-                    order[polled++] = i;
+                    order[count++] = i;
                     break;
             }
         }
+        polled = count;
     }
 
     // The number of channel locks, locks[0..n) sorted and unique, found on
@@ -167,10 +171,10 @@ struct select_plan {
         if (timeout >= 0) {
             const steady_time now = std::chrono::steady_clock::now();
             if (deadline_pending) {
-                cs[timeout]->deadline = after(now, *cs[timeout]->relative);
+                special(cs[timeout]).deadline = after(now, *special(cs[timeout]).relative);
                 deadline_pending = false;
             }
-            if (now >= cs[timeout]->deadline) return timeout;
+            if (now >= special(cs[timeout]).deadline) return timeout;
         }
         return -1;
     }
@@ -181,8 +185,8 @@ struct select_plan {
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order) {
     select_plan plan(cs, n, order);
     const int polled = plan.polled, timeout = plan.timeout, stop = plan.stop;
-    const steady_time* deadline = timeout >= 0 ? &cs[timeout]->deadline : nullptr;
-    const std::stop_token* stop_token = stop >= 0 ? &cs[stop]->stop : nullptr;
+    const steady_time* deadline = timeout >= 0 ? &special(cs[timeout]).deadline : nullptr;
+    const std::stop_token* stop_token = stop >= 0 ? &special(cs[stop]).stop : nullptr;
 
     // Before registering, pass 1 is repeated for a moment (backoff.hpp): a
     // peer about to send then completes on its own fast path instead of
@@ -192,10 +196,15 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
     bool polling = plan.fallback < 0;
     for (;;) {
         plan.shuffle(order);
-        thread_waiter w;
         int chosen;
         outcome how;
-        if ((chosen = plan.poll_unlocked(cs, order, how)) < 0) {
+        if ((chosen = plan.poll_unlocked(cs, order, how)) >= 0) {  // the common case: no waiter built
+            patience.paid();
+            cs[chosen]->run(how);
+            return chosen;
+        }
+        thread_waiter w;
+        {
             wake_list woken;  // destroyed after `held`: wakes run unlocked
             lock_set held(locks, plan.lock_count(cs, locks));
             chosen = plan.poll_all(cs, order, woken, how);  // pass 1

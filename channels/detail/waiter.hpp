@@ -82,12 +82,18 @@ private:
 
 // One registration of a waiter on one channel queue.
 struct wait_node {
-    wait_node* prev = nullptr;
-    wait_node* next = nullptr;
-    waiter* owner = nullptr;
-    void* slot = nullptr;  // sender: the T to move from; receiver: the std::optional<T> to fill
-    int case_index = 0;    // what owner->state becomes when this node is claimed
-    bool queued = false;
+    // A node built `unset` holds no values until it is assigned a
+    // wait_node{} (a select case's node, which most selects never register).
+    enum unset_t { unset };
+    wait_node() noexcept : prev(nullptr), next(nullptr), owner(nullptr), slot(nullptr), case_index(0), queued(false) {}
+    explicit wait_node(unset_t) noexcept {}
+
+    wait_node* prev;
+    wait_node* next;
+    waiter* owner;
+    void* slot;      // sender: the T to move from; receiver: the std::optional<T> to fill
+    int case_index;  // what owner->state becomes when this node is claimed
+    bool queued;
 };
 
 // An intrusive FIFO of wait_nodes. Guarded by the lock of the owning
