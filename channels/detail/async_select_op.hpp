@@ -86,7 +86,6 @@ private:
 template <class Storage>
 int select_now(Storage& cases, outcome& how) {
     select_plan plan(cases.cases(), cases.size(), cases.order());
-    plan.shuffle(cases.order());
     int chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
     if (chosen < 0) {
         wake_list woken;  // destroyed after `held`: wakes run unlocked
@@ -201,7 +200,6 @@ private:
             async_select_op* op;
             ~unref() { op->drop_ref(); }
         } keep{this};
-        plan_.shuffle(cases_.order());
         outcome how;
         int chosen = plan_.poll_unlocked(cases_.cases(), cases_.order(), how);
         if (chosen >= 0) {

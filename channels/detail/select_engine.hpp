@@ -122,11 +122,17 @@ struct select_plan {
         return nlocks_;
     }
 
-    // A fresh random order of the polled cases, so that each ready case is
-    // equally likely to be found first (Fisher-Yates).
-    void shuffle(int* order) const noexcept {
-        for (int j = polled - 1; j > 0; --j)
-            std::swap(order[j], order[random_below(static_cast<std::uint32_t>(j + 1))]);
+    // The random order of the polled cases, so that each ready case is
+    // equally likely to be found first, is drawn as it is needed (Fisher-
+    // Yates, front to back): pick() fixes position j, uniformly among the
+    // cases not placed yet. A select whose first case tried is ready (a busy
+    // fan-in) draws one number instead of one per case.
+    void pick(int* order, int j) const noexcept {
+        if (const int left = polled - j; left > 1)
+            std::swap(order[j], order[j + static_cast<int>(random_below(static_cast<std::uint32_t>(left)))]);
+    }
+    void shuffle_from(int* order, int j) const noexcept {
+        for (; j < polled - 1; ++j) pick(order, j);
     }
 
     // Pass 0, before any lock: the cases in `order` are tried one by one
@@ -142,10 +148,17 @@ struct select_plan {
     // that needs a lock keeps the order fair: pass 1 then tries every case
     // in the same random order, so a case on an unbuffered channel is not
     // passed over because a buffered one came after it.
-    int poll_unlocked(case_base* const* cs, const int* order, outcome& how) {
+    //
+    // Draws the random order as it goes; when it returns -1 all of `order`
+    // is drawn, for pass 1 and the registrations of pass 2.
+    int poll_unlocked(case_base* const* cs, int* order, outcome& how) {
         for (int j = 0; j < polled; ++j) {
+            pick(order, j);
             poll p;
-            if (!cs[order[j]]->try_unlocked(p)) return -1;
+            if (!cs[order[j]]->try_unlocked(p)) {
+                shuffle_from(order, j + 1);
+                return -1;
+            }
             switch (p) {
                 case poll::done: how = outcome::delivered; return order[j];
                 case poll::closed: how = outcome::closed; return order[j];
@@ -195,7 +208,6 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
     backoff patience;
     bool polling = plan.fallback < 0;
     for (;;) {
-        plan.shuffle(order);
         int chosen;
         outcome how;
         if ((chosen = plan.poll_unlocked(cs, order, how)) >= 0) {  // the common case: no waiter built
