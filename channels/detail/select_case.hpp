@@ -68,8 +68,8 @@ inline const special_case_base& special(const case_base* c) noexcept {
 template <class T, class F>
 class recv_case final : public case_base {
 public:
-    recv_case(chan_state<T>* ch, F f) : case_base(case_kind::recv), ch_(ch), f_(std::move(f)) {}
-    recv_case(recv_case&& o) : case_base(case_kind::recv), ch_(o.ch_), f_(std::move(o.f_)) {}
+    recv_case(chan_state<T>* ch, F f) : case_base(case_kind::recv), f_(std::move(f)), ch_(ch) {}
+    recv_case(recv_case&& o) : case_base(case_kind::recv), f_(std::move(o.f_)), ch_(o.ch_) {}
 
     chan_base* channel() const noexcept override { return ch_; }
     poll try_now(wake_list& woken) override {
@@ -106,8 +106,8 @@ public:
     }
 
 private:
-    chan_state<T>* ch_;
     F f_;
+    chan_state<T>* ch_;
     std::optional<T> value_;
     wait_node node_{wait_node::unset};  // set by enqueue(); dequeue() only follows it
 };
