@@ -534,7 +534,9 @@ TEST_CASE("runtime: an exception nobody collected is printed when the runtime is
     std::string err = capture_stderr([] {
         csp::runtime rt(1);
         auto done = csp::make_chan<int>(1);
-        rt.go([&] {
+        // By value: `done` is destroyed before `rt`, while the task may
+        // still be inside send() after the value was taken.
+        rt.go([done] {
             done.send(1);
             throw std::runtime_error("uncollected root failure");
         });
@@ -551,7 +553,7 @@ TEST_CASE("runtime: the error of a task_group destroyed without wait() is not sw
         auto done = csp::make_chan<int>(1);
         {
             csp::task_group g(rt);
-            g.go([&] {
+            g.go([done] {
                 done.send(1);
                 throw std::runtime_error("uncollected group failure");
             });
