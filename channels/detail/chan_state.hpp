@@ -88,6 +88,7 @@ struct lf_ring_of<T, false> {
         result push(T&) noexcept { return result::full_or_empty; }
         result pop(std::optional<T>&) noexcept { return result::full_or_empty; }
         bool close() noexcept { return false; }
+        void wait_for_claimed_pushes() const noexcept {}
         bool has_value() const noexcept { return false; }
         bool has_room() const noexcept { return false; }
         std::size_t size() const noexcept { return 0; }
@@ -215,8 +216,9 @@ public:
         if (closed_) throw closed_error("csp: close of a closed channel");
         closed_ = true;
         if (lock_free()) {
-            lf().close();       // no push gets in after this
-            kick_locked(woken);  // values already in the ring go to who waits
+            lf().close();                    // no push gets in after this
+            lf().wait_for_claimed_pushes();  // and those already in have landed
+            kick_locked(woken);              // values already in the ring go to who waits
         }
         while (wait_node* r = receivers_.claim_front()) woken.add(*r->owner, outcome::closed);
         while (wait_node* s = senders_.claim_front()) woken.add(*s->owner, outcome::closed);

@@ -128,6 +128,24 @@ public:
     // Marks the ring closed; true if this call did.
     bool close() noexcept { return (tail_.fetch_or(mark_bit_, std::memory_order_seq_cst) & mark_bit_) == 0; }
 
+    // After close(): waits until every push that claimed its slot before the
+    // mark has written it (a few instructions, unless its thread was
+    // preempted there). Until then has_value() may say "empty" with a value
+    // on its way in, and whoever concludes "closed and drained" from that
+    // (a close waking the parked receivers) would lose it.
+    void wait_for_claimed_pushes() const noexcept {
+        const std::size_t tail = tail_.load(std::memory_order_acquire) & ~mark_bit_;
+        std::size_t pos = head_.load(std::memory_order_acquire);
+        while (pos != tail) {
+            const std::size_t index = pos & (mark_bit_ - 1);
+            // A stamp still equal to pos: claimed, not yet written. Written
+            // (pos + 1) or already taken (pos + one_lap_) both end the wait.
+            for (int spins = 0; slots_[index].stamp.load(std::memory_order_acquire) == pos; ++spins)
+                backoff(spins);
+            pos = advance(pos, index);
+        }
+    }
+
     // Hints, exact only when nobody pushes or pops meanwhile.
     bool has_value() const noexcept {
         const std::size_t head = head_.load(std::memory_order_acquire);
