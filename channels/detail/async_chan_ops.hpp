@@ -28,10 +28,10 @@ class async_chan_op final : public async_waiter<Handler>, Kind {
 public:
     template <class... KindArgs>
     async_chan_op(Handler&& h, std::shared_ptr<chan_state<T>> ch, KindArgs&&... args)
-        : base(std::move(h)), Kind(std::forward<KindArgs>(args)...), ch_(std::move(ch)) {
-        node_.owner = this;
-        node_.slot = this->slot();
-    }
+        : base(std::move(h)),
+          Kind(std::forward<KindArgs>(args)...),
+          ch_(std::move(ch)),
+          node_(*this, this->slot(), 0) {}
 
     static void start(Handler&& h, std::shared_ptr<chan_state<T>> ch, auto&&... kind_args) {
         async_chan_op* op =

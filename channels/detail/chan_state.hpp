@@ -325,9 +325,7 @@ public:
         }
         for (;;) {
             thread_waiter w;
-            wait_node n;
-            n.owner = &w;
-            n.slot = &v;
+            wait_node n(w, &v, 0);
             {
                 wake_list woken;
                 std::lock_guard g(mu_);
@@ -365,9 +363,7 @@ public:
         }
         for (;;) {
             thread_waiter w;
-            wait_node n;
-            n.owner = &w;
-            n.slot = &out;
+            wait_node n(w, &out, 0);
             {
                 wake_list woken;
                 std::lock_guard g(mu_);

@@ -82,10 +82,7 @@ public:
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
-        node_ = wait_node{};
-        node_.owner = &w;
-        node_.slot = &value_;
-        node_.case_index = index;
+        node_ = wait_node(w, &value_, index);
         ch_->enqueue_recv_locked(node_);
     }
     void recheck(wake_list& woken) override {
@@ -135,10 +132,7 @@ public:
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
-        node_ = wait_node{};
-        node_.owner = &w;
-        node_.slot = &value();
-        node_.case_index = index;
+        node_ = wait_node(w, &value(), index);
         ch_->enqueue_send_locked(node_);
     }
     void recheck(wake_list& woken) override {

@@ -87,6 +87,9 @@ struct wait_node {
     enum unset_t { unset };
     wait_node() noexcept : prev(nullptr), next(nullptr), owner(nullptr), slot(nullptr), case_index(0), queued(false) {}
     explicit wait_node(unset_t) noexcept {}
+    // A fresh node for `w`, its case `index`, and the value slot.
+    wait_node(waiter& w, void* value_slot, int index) noexcept
+        : prev(nullptr), next(nullptr), owner(&w), slot(value_slot), case_index(index), queued(false) {}
 
     wait_node* prev;
     wait_node* next;
