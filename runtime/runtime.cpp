@@ -4,6 +4,8 @@
 
 #include <asio/post.hpp>
 
+#include <channels/detail/deadline_queue.hpp>
+
 #include <chrono>
 
 namespace csp {
@@ -27,6 +29,9 @@ runtime::runtime(unsigned workers)
     : ctx_(static_cast<int>(resolve_workers(workers))),
       blocking_([this] { install_thread_hooks(plain_hooks_); }) {
     detail::direct_post_hook.store(&detail::post_direct_to_task, std::memory_order_release);
+    // The workers run until the runtime ends: the deadline queue's timer
+    // may wait for a deadline that has left (deadline_queue.hpp).
+    asio::use_service<detail::deadline_queue>(ctx_).run_on_and_linger(ctx_.get_executor());
     workers = resolve_workers(workers);
     workers_.reserve(workers);
     for (unsigned i = 0; i < workers; ++i) {
@@ -48,8 +53,8 @@ runtime::~runtime() {
         std::unique_lock l(idle_mu_);
         idle_.wait(l, [&] { return live_.load(std::memory_order_acquire) == 0; });
     }
-    // Every task has ended. Run what is still queued (a cancelled timer's
-    // handler holds a reference on its select) instead of dropping it unrun;
+    // Every task has ended. Run what is still queued (a completion, or a
+    // cancelled timer's handler, holds a reference) instead of dropping it unrun;
     // a timer still pending (an after() nobody reads) is destroyed unrun
     // with the io_context, so its count leaves the process-wide one here.
     ctx_.stop();

@@ -10,12 +10,13 @@
 // std::system_error(operation_aborted) when the select was cancelled through
 // its cancellation slot (then no case ran and nothing was taken).
 //
-// A timeout case arms an asio::steady_timer on the handler's executor; the
-// timer's handler claims the select for the timeout case. The timer holds a
-// reference on the operation, so the memory lives until both the completion
-// and the timer's handler have run; a stop case registers a
-// std::stop_callback, whose destructor (in the completion) waits for a
-// callback that is running.
+// A timeout case puts the select's deadline on the deadline_queue of its
+// handler's execution context (deadline_queue.hpp: one Asio timer for all
+// of them), which claims the select for the timeout case when it is due;
+// the completion takes it off the queue, after which the queue no longer
+// refers to the operation. A stop case registers a std::stop_callback,
+// whose destructor (in the completion) waits for a callback that is
+// running.
 #pragma once
 
 #include <asio/steady_timer.hpp>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "async_op.hpp"
+#include "deadline_queue.hpp"
 #include "select_engine.hpp"
 
 namespace csp::detail {
@@ -174,13 +176,16 @@ public:
     }
 
 private:
-    struct timer_fired {
-        async_select_op* op;
-        void operator()(const std::error_code& ec) const {
-            if (!ec && op->try_claim(op->plan_.timeout)) op->wake();
-            op->drop_ref();
-        }
+    // The deadline entry is the first member of this struct, so that the
+    // queue's callback finds its operation.
+    struct deadline_node {
+        deadline_queue::entry entry;
+        async_select_op* op = nullptr;
     };
+    static void deadline_due(deadline_queue::entry* e) noexcept {
+        async_select_op* op = reinterpret_cast<deadline_node*>(e)->op;
+        if (op->try_claim(op->plan_.timeout)) op->wake();
+    }
     struct stop_requested {
         async_select_op* op;
         void operator()() const noexcept {
@@ -193,7 +198,7 @@ private:
     // Once a node is published, or the timer or stop callback is armed, the
     // completion may run on another thread before this returns: the
     // reference taken here keeps the memory alive until then, and arm_mu_
-    // keeps the completion off timer_ and stop_callback_ while they are armed.
+    // keeps the completion off deadlines_ and stop_callback_ while they are armed.
     bool attempt() {
         refs_.fetch_add(1, std::memory_order_relaxed);
         struct unref {
@@ -254,19 +259,23 @@ private:
 
     void arm() {
         std::lock_guard g(arm_mu_);
-        if (plan_.timeout >= 0 && !timer_) {
-            refs_.fetch_add(1, std::memory_order_relaxed);  // dropped by timer_fired
-            timer_.emplace(timer_executor(), special(cases_.cases()[plan_.timeout]).deadline);
-            timer_->async_wait(timer_fired{this});
+        if (plan_.timeout >= 0 && !deadlines_) {
+            const asio::any_io_executor ex = timer_executor();
+            deadline_queue& q = deadline_queue::of(ex);
+            deadline_.entry.deadline = special(cases_.cases()[plan_.timeout]).deadline;
+            deadline_.entry.fire = &deadline_due;
+            deadline_.op = this;
+            q.arm(deadline_.entry, ex);
+            deadlines_ = &q;
         }
         if (plan_.stop >= 0 && !stop_callback_)
             stop_callback_.emplace(special(cases_.cases()[plan_.stop]).stop, stop_requested{this});
     }
 
-    // The timer runs on the handler's executor when that is an I/O executor;
-    // otherwise (asio::use_future's, for one) on the system executor: the
-    // timer's handler only claims and posts the completion, which goes to
-    // the handler's executor anyway.
+    // The deadline goes to the queue of the handler's executor's context
+    // when that is an I/O executor; otherwise (asio::use_future's, for one)
+    // to the system executor's: the expiry only claims and posts the
+    // completion, which goes to the handler's executor anyway.
     asio::any_io_executor timer_executor() const {
         auto ex = asio::get_associated_executor(this->handler_, asio::system_executor());
         if constexpr (std::is_constructible_v<asio::any_io_executor, decltype(ex)>)
@@ -278,7 +287,7 @@ private:
     void disarm() noexcept {
         std::lock_guard g(arm_mu_);
         stop_callback_.reset();  // waits for a stop callback that is running
-        if (timer_) timer_->cancel();  // its handler still runs, and drops its reference
+        if (deadlines_) deadlines_->disarm(deadline_.entry);
     }
 
     void drop_ref() noexcept {
@@ -292,9 +301,10 @@ private:
     Storage cases_;
     select_plan plan_;
     bool registered_ = false;  // nodes are on queues (pass 2 ran, pass 3 not yet)
-    std::atomic<int> refs_{1};  // the completion's, attempt()'s while it runs, the timer's
-    std::mutex arm_mu_;         // guards timer_ and stop_callback_
-    std::optional<asio::steady_timer> timer_;
+    std::atomic<int> refs_{1};  // the completion's, and attempt()'s while it runs
+    std::mutex arm_mu_;         // guards deadlines_ and stop_callback_
+    deadline_queue* deadlines_ = nullptr;  // where deadline_ is armed, once it is
+    deadline_node deadline_;
     std::optional<std::stop_callback<stop_requested>> stop_callback_;
 };
 
