@@ -128,6 +128,7 @@ private:
     // Requires mu_.
     void wait_for(time_point t) {
         timer_->expires_at(t);  // a pending wait completes with operation_aborted
+        waiting_ = false;       // until the new wait is in: async_wait may throw
         const std::uint64_t gen = ++generation_;
         timer_->async_wait([this, gen](const std::error_code&) { expired(gen); });
         waiting_ = true;
