@@ -176,14 +176,8 @@ public:
     }
 
 private:
-    // The deadline entry is the first member of this struct, so that the
-    // queue's callback finds its operation.
-    struct deadline_node {
-        deadline_queue::entry entry;
-        async_select_op* op = nullptr;
-    };
-    static void deadline_due(deadline_queue::entry* e) noexcept {
-        async_select_op* op = reinterpret_cast<deadline_node*>(e)->op;
+    static void deadline_due(void* owner) noexcept {
+        auto* op = static_cast<async_select_op*>(owner);
         if (op->try_claim(op->plan_.timeout)) op->wake();
     }
     struct stop_requested {
@@ -262,10 +256,10 @@ private:
         if (plan_.timeout >= 0 && !deadlines_) {
             const asio::any_io_executor ex = timer_executor();
             deadline_queue& q = deadline_queue::of(ex);
-            deadline_.entry.deadline = special(cases_.cases()[plan_.timeout]).deadline;
-            deadline_.entry.fire = &deadline_due;
-            deadline_.op = this;
-            q.arm(deadline_.entry, ex);
+            deadline_.deadline = special(cases_.cases()[plan_.timeout]).deadline;
+            deadline_.fire = &deadline_due;
+            deadline_.owner = this;
+            q.arm(deadline_, ex);
             deadlines_ = &q;
         }
         if (plan_.stop >= 0 && !stop_callback_)
@@ -287,7 +281,7 @@ private:
     void disarm() noexcept {
         std::lock_guard g(arm_mu_);
         stop_callback_.reset();  // waits for a stop callback that is running
-        if (deadlines_) deadlines_->disarm(deadline_.entry);
+        if (deadlines_) deadlines_->disarm(deadline_);
     }
 
     void drop_ref() noexcept {
@@ -304,7 +298,7 @@ private:
     std::atomic<int> refs_{1};  // the completion's, and attempt()'s while it runs
     std::mutex arm_mu_;         // guards deadlines_ and stop_callback_
     deadline_queue* deadlines_ = nullptr;  // where deadline_ is armed, once it is
-    deadline_node deadline_;
+    deadline_queue::entry deadline_;
     std::optional<std::stop_callback<stop_requested>> stop_callback_;
 };
 

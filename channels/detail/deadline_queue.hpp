@@ -54,7 +54,8 @@ public:
 
     struct entry {
         time_point deadline{};
-        void (*fire)(entry*) noexcept = nullptr;  // runs under the queue's mutex
+        void (*fire)(void* owner) noexcept = nullptr;  // runs under the queue's mutex
+        void* owner = nullptr;                         // what fire() is given
         std::size_t heap_index = npos;             // guarded by the queue's mutex
     };
 
@@ -140,24 +141,24 @@ private:
         if (gen != generation_) return;  // superseded by a later wait_for
         waiting_ = false;
         const time_point now = std::chrono::steady_clock::now();
-        while (!heap_.empty() && heap_.front()->deadline <= now) {
-            entry* e = heap_.front();
-            remove(*e);
-            e->fire(e);
-        }
+        while (!heap_.empty() && heap_.front()->deadline <= now) fire_earliest();
         if (!heap_.empty()) {
             try {
                 wait_for(heap_.front()->deadline);
             } catch (...) {
                 // Out of memory for the wait: fire what is queued now rather
                 // than let a select wait past its deadline forever.
-                while (!heap_.empty()) {
-                    entry* e = heap_.front();
-                    remove(*e);
-                    e->fire(e);
-                }
+                while (!heap_.empty()) fire_earliest();
             }
         }
+    }
+
+    // Requires mu_ and a non-empty heap. The entry leaves before it fires:
+    // fire() may end with its owner's completion under way elsewhere.
+    void fire_earliest() noexcept {
+        entry* e = heap_.front();
+        remove(*e);
+        e->fire(e->owner);
     }
 
     // A binary min-heap of deadlines; every entry knows its index.
