@@ -259,7 +259,8 @@ template <class Token, detail::select_case... C>
 auto async_select(Token&& token, C&&... cases) {
     using storage = detail::owned_cases<std::remove_cvref_t<C>...>;
     if constexpr (std::is_same_v<std::decay_t<Token>, use_task_t>) {
-        return detail::task_select_awaiter<storage>(std::in_place, std::forward<C>(cases)...);
+        // Refers to the cases (argument_cases): co_await it where it is made.
+        return detail::task_select_awaiter<detail::argument_cases<sizeof...(C)>>(std::in_place, cases...);
     } else if constexpr (detail::is_use_awaitable_v<std::decay_t<Token>>) {
         using ex = typename detail::awaitable_executor<std::decay_t<Token>>::type;
         return detail::awaitable_select<ex>(storage(std::forward<C>(cases)...));

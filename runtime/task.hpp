@@ -131,6 +131,9 @@ public:
     template <class A>
         requires std::is_base_of_v<task_awaiter, std::remove_cvref_t<A>>
     awaiter_ref<std::remove_reference_t<A>> await_transform(A&& a) const {
+        static_assert(!std::is_lvalue_reference_v<A> || !std::remove_cvref_t<A>::refers_to_operands,
+                      "co_await csp::async_select(csp::use_task, ...) where it is made: the awaiter "
+                      "refers to its cases, temporaries of that expression");
         if (env_->cancelled) throw std::system_error(asio::error::operation_aborted);
         a.env = env_;
         return {&a};

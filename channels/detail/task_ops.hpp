@@ -57,6 +57,9 @@ namespace csp::detail {
 class task_awaiter {
 public:
     task_env* env = nullptr;
+    // True for an awaiter that refers to temporaries of the expression that
+    // made it: the task's await_transform then rejects it as an lvalue.
+    static constexpr bool refers_to_operands = false;
 
 protected:
     std::coroutine_handle<> waiting_;  // the suspended task, while an operation waits
@@ -162,10 +165,14 @@ class task_select_awaiter : public task_awaiter {
     friend handler;
 
 public:
-    // The cases are built in place: each move of a select's cases costs as
-    // much as a pass 0 that finds a value.
+    // The storage is built in place (argument_cases refers to the cases;
+    // the others hold them), never moved before the select waits.
     template <class... Cases>
     explicit task_select_awaiter(std::in_place_t, Cases&&... cases) : cases_(std::forward<Cases>(cases)...) {}
+
+    // An awaiter that refers to the cases given to async_select must be
+    // co_await'ed in the full-expression that made it, where they live.
+    static constexpr bool refers_to_operands = is_argument_cases_v<Storage>;
 
     bool await_ready() {
         chosen_ = select_now(cases_, how_);
