@@ -15,15 +15,18 @@
 //
 // With the lock-free ring, nobody must sleep while the ring could serve
 // them, though pushes and pops do not take the lock. The rule that keeps
-// this (Dekker's, with seq_cst fences on both sides):
+// this (Dekker's):
 //   - a party that registers as waiting does so under the lock, then,
-//     after a fence and still under the lock, looks at the ring again
-//     (recheck_locked): values for waiting receivers, room for waiting
-//     senders are handed over there, possibly to itself;
-//   - a lock-free push (pop), after a fence, reads the number of waiting
-//     receivers (senders); if any, it takes the lock and hands over the
-//     same way.
-// Either the pusher sees the registration or the registrant sees the value.
+//     after a seq_cst fence and still under the lock, looks at the ring
+//     again (recheck_locked): values for waiting receivers, room for
+//     waiting senders are handed over there, possibly to itself;
+//   - a lock-free push (pop) claims its slot with a seq_cst CAS of the
+//     ring's tail (head), then reads the number of waiting receivers
+//     (senders) with a seq_cst load; if any, it takes the lock and hands
+//     over the same way.
+// Either the pusher sees the registration or the registrant sees the claim
+// (the ring's hints count claims: lf_ring::has_value, has_room); a claimed
+// value still being written is waited for by the pop that hands it over.
 // A waiter claimed for a value that a lock-free party took first is woken
 // with outcome::retry and runs its operation again.
 //
@@ -448,8 +451,11 @@ private:
     }
 
     // What a lock-free push or pop found; after one that went through, the
-    // fence of the Dekker pair, then the hand-over to the other side's
-    // waiters under the lock, if any registered.
+    // hand-over to the other side's waiters under the lock, if any
+    // registered. No fence: the push's (pop's) claim was a seq_cst CAS, and
+    // count() is a seq_cst load (see the top of this file). A fence here
+    // cost each operation a wait until its slot's stores were visible to
+    // the other core.
     poll after_lock_free(ring_result r, const wait_queue& other_side,
                          void (chan_state::*hand_over)(wake_list&)) {
         switch (r) {
@@ -457,7 +463,6 @@ private:
             case ring_result::closed: return poll::closed;
             case ring_result::full_or_empty: return poll::blocked;
         }
-        std::atomic_thread_fence(std::memory_order_seq_cst);
         if (other_side.count() != 0) {
             wake_list woken;
             std::lock_guard g(mu_);

@@ -82,6 +82,7 @@ public:
                 // consumer is just taking it.
                 std::atomic_thread_fence(std::memory_order_seq_cst);
                 if (head_.load(std::memory_order_relaxed) + one_lap_ == tail) return result::full_or_empty;
+                backoff(spins);
                 tail = tail_.load(std::memory_order_acquire);
             } else {
                 // Another producer claimed this slot and is writing it.
@@ -117,6 +118,7 @@ public:
                 const std::size_t tail = tail_.load(std::memory_order_acquire);
                 if ((tail & ~mark_bit_) == head)
                     return tail & mark_bit_ ? result::closed : result::full_or_empty;
+                backoff(spins);
                 head = head_.load(std::memory_order_relaxed);
             } else {
                 backoff(spins);
@@ -146,15 +148,20 @@ public:
         }
     }
 
-    // Hints, exact only when nobody pushes or pops meanwhile.
+    // Hints, exact only when nobody pushes or pops meanwhile. They count
+    // claimed positions, not written slots: a value whose push has claimed
+    // its slot counts as there (a pop waits the few instructions until it is
+    // written), a slot whose pop has claimed it counts as free (a push waits
+    // until it is emptied). That is what makes the claim, a seq_cst CAS, the
+    // store of the Dekker pair in chan_state.hpp, with no fence after it.
     bool has_value() const noexcept {
         const std::size_t head = head_.load(std::memory_order_acquire);
-        return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
+        return (tail_.load(std::memory_order_acquire) & ~mark_bit_) != head;
     }
     bool has_room() const noexcept {
         const std::size_t tail = tail_.load(std::memory_order_acquire);
         if (tail & mark_bit_) return false;
-        return slots_[tail & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == tail;
+        return head_.load(std::memory_order_acquire) + one_lap_ != tail;
     }
 
     std::size_t size() const noexcept {

@@ -106,8 +106,9 @@ public:
     bool empty() const noexcept { return head_ == nullptr; }
 
     // Nodes queued, dead ones included. Written under the lock only; read
-    // by a lock-free push or pop after its seq_cst fence (chan_state.hpp).
-    std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
+    // by a lock-free push or pop after its seq_cst claim (chan_state.hpp):
+    // seq_cst, the load of the Dekker pair (a plain load on x86).
+    std::size_t count() const noexcept { return count_.load(std::memory_order_seq_cst); }
 
     void push_back(wait_node& n) noexcept {
         n.next = nullptr;
