@@ -31,6 +31,7 @@ TEST_CASE("lf_ring: FIFO, full and empty at the exact capacity, over many laps")
                 int v = next_in;
                 REQUIRE(r.push(v) == result::ok);
                 ++next_in;
+                CHECK(r.has_value());
             }
             CHECK(r.size() == cap);
             CHECK_FALSE(r.has_room());
@@ -46,6 +47,8 @@ TEST_CASE("lf_ring: FIFO, full and empty at the exact capacity, over many laps")
                 CHECK(*out == next_out++);
             }
             CHECK(r.size() == cap - take);
+            CHECK(r.has_room());  // the slots just taken are free again
+            CHECK(r.has_value() == (take < cap));
             std::optional<int> out;
             while (r.pop(out) == result::ok) {
                 CHECK(*out == next_out++);
@@ -53,7 +56,11 @@ TEST_CASE("lf_ring: FIFO, full and empty at the exact capacity, over many laps")
             }
             CHECK(r.size() == 0);
             CHECK_FALSE(r.has_value());
+            CHECK(r.has_room());
         }
+        r.close();
+        CHECK_FALSE(r.has_room());  // closed: no room for anyone
+        CHECK_FALSE(r.has_value());
         CHECK(next_out == next_in);
     }
 }
