@@ -37,33 +37,6 @@
 
 namespace csp::detail {
 
-// The cases of a select given as arguments: the operation owns them.
-template <class... Cases>
-class owned_cases {
-public:
-    explicit owned_cases(Cases&&... cs) : cases_(std::move(cs)...) { point(); }
-    owned_cases(owned_cases&& o) : cases_(std::move(o.cases_)) { point(); }
-    case_base* const* cases() const noexcept { return ptrs_.data(); }
-    static constexpr int size() noexcept { return static_cast<int>(sizeof...(Cases)); }
-    chan_base** locks() noexcept { return locks_.data(); }
-    int* order() noexcept { return order_.data(); }
-
-private:
-    // One store per element: assigning a braced array builds a temporary
-    // and copies it with wide loads of narrow stores just made (a store-
-    // forwarding stall on every select).
-    void point() noexcept {
-        std::apply([this](auto&... c) {
-            std::size_t i = 0;
-            ((ptrs_[i++] = static_cast<case_base*>(&c)), ...);
-        }, cases_);
-    }
-    std::tuple<Cases...> cases_;
-    std::array<case_base*, sizeof...(Cases)> ptrs_;
-    std::array<chan_base*, sizeof...(Cases)> locks_;
-    std::array<int, sizeof...(Cases)> order_;
-};
-
 // The cases of `co_await async_select(use_task, cases...)`: referred to,
 // not moved. They are temporaries of the co_await's full-expression (or the
 // caller's objects), so they outlive the select, waiting included. Why: a
@@ -74,20 +47,50 @@ private:
 template <std::size_t N>
 class argument_cases {
 public:
+    argument_cases() = default;  // refer_to() before use
     template <class... Cases>
     explicit argument_cases(Cases&&... cs) noexcept {
-        std::size_t i = 0;
-        ((ptrs_[i++] = static_cast<case_base*>(&cs)), ...);
+        refer_to(cs...);
     }
     case_base* const* cases() const noexcept { return ptrs_.data(); }
     static constexpr int size() noexcept { return static_cast<int>(N); }
     chan_base** locks() noexcept { return locks_.data(); }
     int* order() noexcept { return order_.data(); }
 
+    // One store per element: assigning a braced array builds a temporary
+    // and copies it with wide loads of narrow stores just made (a store-
+    // forwarding stall on every select).
+    template <class... Cases>
+    void refer_to(Cases&... cs) noexcept {
+        std::size_t i = 0;
+        ((ptrs_[i++] = static_cast<case_base*>(&cs)), ...);
+    }
+
 private:
     std::array<case_base*, N> ptrs_;
     std::array<chan_base*, N> locks_;
     std::array<int, N> order_;
+};
+
+// The cases of a select given as arguments: the operation owns them.
+template <class... Cases>
+class owned_cases {
+    static constexpr std::size_t N = sizeof...(Cases);
+
+public:
+    explicit owned_cases(Cases&&... cs) : cases_(std::move(cs)...) { point(); }
+    owned_cases(owned_cases&& o) : cases_(std::move(o.cases_)) { point(); }
+    case_base* const* cases() const noexcept { return table_.cases(); }
+    static constexpr int size() noexcept { return static_cast<int>(N); }
+    chan_base** locks() noexcept { return table_.locks(); }
+    int* order() noexcept { return table_.order(); }
+
+private:
+    void point() noexcept {
+        std::apply([this](auto&... c) { table_.refer_to(c...); }, cases_);
+    }
+    std::tuple<Cases...> cases_;
+    argument_cases<N> table_;  // refers to cases_
 };
 
 template <class Storage>
