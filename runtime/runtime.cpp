@@ -33,10 +33,12 @@ runtime::runtime(unsigned workers)
     // may wait for a deadline that has left (deadline_queue.hpp).
     asio::use_service<detail::deadline_queue>(ctx_).run_on_and_linger(ctx_.get_executor());
     workers = resolve_workers(workers);
+    worker_tallies_ = std::make_unique<park_tally[]>(workers);
     workers_.reserve(workers);
     for (unsigned i = 0; i < workers; ++i) {
-        workers_.emplace_back([this] {
+        workers_.emplace_back([this, &tally = worker_tallies_[i]] {
             install_thread_hooks(coroutine_hooks_);
+            coroutine_hooks_.adopt_on_this_thread(tally);
             ctx_.run();
         });
     }
@@ -73,14 +75,39 @@ runtime& runtime::default_runtime() {
 
 void runtime::install_thread_hooks(hooks& h) { detail::current_park_hooks() = &h; }
 
-void runtime::hooks::parked() noexcept {
-    parked_.fetch_add(1, std::memory_order_relaxed);
+namespace {
+// The tally of the calling thread and the hooks it counts for (a worker's
+// own hooks; any other thread has none).
+struct thread_tally {
+    const void* hooks = nullptr;
+    void* tally = nullptr;
+};
+thread_local thread_tally this_thread_tally;
+}  // namespace
+
+void runtime::hooks::adopt_on_this_thread(park_tally& tally) noexcept {
+    this_thread_tally = {this, &tally};
+}
+
+void runtime::hooks::count(std::ptrdiff_t delta) noexcept {
+    const thread_tally& mine = this_thread_tally;
+    if (mine.hooks == this) {
+        static_cast<park_tally*>(mine.tally)->add(delta);
+        return;
+    }
+    parked_.fetch_add(delta, std::memory_order_relaxed);
     rt_.note_activity();
 }
 
-void runtime::hooks::unparked() noexcept {
-    parked_.fetch_sub(1, std::memory_order_relaxed);
-    rt_.note_activity();
+// A sum of counters each written by one thread, read without stopping them:
+// wait() trusts it only when it stays the same over several checks, each
+// after every worker took a probe (workers_idle(): a mutex, so the counts a
+// worker made before its probe are seen).
+std::uint64_t runtime::activity() const noexcept {
+    std::uint64_t sum = epoch_.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < workers_.size(); ++i)
+        sum += worker_tallies_[i].moves.load(std::memory_order_relaxed);
+    return sum;
 }
 
 void runtime::timer_armed() noexcept {
@@ -149,8 +176,11 @@ bool runtime::workers_idle() {
 bool runtime::looks_deadlocked() {
     const auto live = static_cast<std::ptrdiff_t>(live_.load(std::memory_order_acquire));
     const auto plain = plain_live_.load(std::memory_order_relaxed);
+    std::ptrdiff_t coroutine_parked = coroutine_parked_.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < workers_.size(); ++i)
+        coroutine_parked += worker_tallies_[i].parked.load(std::memory_order_relaxed);
     return live > 0 && plain_parked_.load(std::memory_order_relaxed) >= plain &&
-           coroutine_parked_.load(std::memory_order_relaxed) >= live - plain &&
+           coroutine_parked >= live - plain &&
            all_timers.load(std::memory_order_relaxed) == 0;
 }
 
@@ -159,11 +189,11 @@ void runtime::wait() {
     constexpr int kStableChecks = 5;  // 5 x 20 ms without any movement
     std::unique_lock l(idle_mu_);
     int stable = 0;
-    std::uint64_t last_epoch = epoch_.load(std::memory_order_relaxed) + 1;
+    std::uint64_t last_epoch = activity() + 1;
     for (;;) {
         if (idle_.wait_for(l, 20ms, [&] { return live_.load(std::memory_order_acquire) == 0; }))
             break;
-        const std::uint64_t epoch = epoch_.load(std::memory_order_relaxed);
+        const std::uint64_t epoch = activity();
         stable = epoch == last_epoch && looks_deadlocked() && workers_idle() ? stable + 1 : 0;
         last_epoch = epoch;
         if (stable >= kStableChecks)
