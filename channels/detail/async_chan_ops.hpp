@@ -26,16 +26,35 @@ class async_chan_op final : public async_waiter<Handler>, Kind {
     friend memory;
 
 public:
+    // `owner` keeps the channel alive until the operation has completed; it
+    // is empty when the caller guarantees that (start_borrowed).
     template <class... KindArgs>
-    async_chan_op(Handler&& h, std::shared_ptr<chan_state<T>> ch, KindArgs&&... args)
+    async_chan_op(Handler&& h, chan_state<T>& ch, std::shared_ptr<chan_state<T>> owner, KindArgs&&... args)
         : base(std::move(h)),
           Kind(std::forward<KindArgs>(args)...),
-          ch_(std::move(ch)),
+          ch_(&ch),
+          owner_(std::move(owner)),
           node_(*this, this->slot(), 0) {}
 
     static void start(Handler&& h, std::shared_ptr<chan_state<T>> ch, auto&&... kind_args) {
-        async_chan_op* op =
-            memory::create(h, std::move(h), std::move(ch), std::forward<decltype(kind_args)>(kind_args)...);
+        chan_state<T>& state = *ch;
+        start_on(std::move(h), state, std::move(ch), std::forward<decltype(kind_args)>(kind_args)...);
+    }
+
+    // For a caller whose handle on the channel outlives the operation's
+    // completion (a csp::task's awaiter, awaited where it is made: the task
+    // is suspended in it until the handler has run): the operation does not
+    // take a reference of its own, two locked instructions fewer per wait.
+    static void start_borrowed(Handler&& h, chan_state<T>& ch, auto&&... kind_args) {
+        start_on(std::move(h), ch, nullptr, std::forward<decltype(kind_args)>(kind_args)...);
+    }
+
+    void wake() noexcept override { this->post(run_completion<async_chan_op>{this}); }
+private:
+    static void start_on(Handler&& h, chan_state<T>& ch, std::shared_ptr<chan_state<T>> owner,
+                         auto&&... kind_args) {
+        async_chan_op* op = memory::create(h, std::move(h), ch, std::move(owner),
+                                           std::forward<decltype(kind_args)>(kind_args)...);
         bool done_now;
         try {
             done_now = op->attempt();
@@ -51,8 +70,7 @@ public:
         }
     }
 
-    void wake() noexcept override { this->post(run_completion<async_chan_op>{this}); }
-
+public:
     void complete() {
         this->disconnect_cancellation();
         int claimed = this->claimed_case();
@@ -102,7 +120,8 @@ private:
         return false;
     }
 
-    std::shared_ptr<chan_state<T>> ch_;  // keeps the channel alive while we wait on it
+    chan_state<T>* ch_;
+    std::shared_ptr<chan_state<T>> owner_;  // keeps *ch_ alive while we wait on it, unless borrowed
     wait_node node_;
 };
 

@@ -99,7 +99,7 @@ public:
     bool await_ready() { return (*ch_)->recv_now(value_) != poll::blocked; }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
-        async_chan_op<T, handler, recv_kind<T>>::start(handler{this}, *ch_);
+        async_chan_op<T, handler, recv_kind<T>>::start_borrowed(handler{this}, **ch_);
     }
     std::optional<T> await_resume() {
         if (ec_) throw std::system_error(ec_);
@@ -138,7 +138,7 @@ public:
     }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
-        async_chan_op<T, handler, send_kind<T, false>>::start(handler{this}, *ch_, &value());
+        async_chan_op<T, handler, send_kind<T, false>>::start_borrowed(handler{this}, **ch_, &value());
     }
     void await_resume() const {
         if (ec_) throw std::system_error(ec_);
