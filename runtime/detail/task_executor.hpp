@@ -50,6 +50,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <type_traits>
@@ -358,11 +359,18 @@ inline bool post_direct_to_task(const asio::any_io_executor& ex, direct_completi
 // next task (most recently freed first: its memory is likely still in
 // cache); all are freed with the pool, which the runtime destroys after its
 // io_context (a runner still queued there refers to its context).
+//
+// A thread keeps the last few contexts it gave back for the next tasks it
+// starts, without the pool's lock: a task that a worker starts and that
+// ends on the same worker (a spawned task runs at once, to its first wait)
+// takes no lock for its context (the lock and its line, taken by both
+// workers, were two mutex round trips per spawned task).
 class task_context_pool {
 public:
     explicit task_context_pool(asio::io_context& ctx) : ctx_(ctx) {}
 
     task_context& acquire() {
+        if (task_context* c = this_thread_cache().take(id_)) return *c;
         std::lock_guard g(mu_);
         if (!free_.empty()) {
             task_context* c = free_.back();
@@ -378,11 +386,45 @@ public:
     // Called when the task that held `c` has ended; handlers still queued
     // on it (or posted later through an old executor) still run.
     void give_back(task_context& c) noexcept {
+        if (this_thread_cache().put(id_, c)) return;
         std::lock_guard g(mu_);
         free_.push_back(&c);
     }
 
 private:
+    // One thread's kept contexts, all of one pool. Keyed by the pool's id,
+    // not its address: a pool built where a destroyed one was must not take
+    // the dead one's contexts (a thread that outlives a pool it cached for
+    // keeps those entries, unused, and no longer caches).
+    struct thread_cache {
+        static constexpr std::size_t kSize = 16;
+        std::uint64_t pool = 0;
+        std::size_t count = 0;
+        task_context* kept[kSize];
+
+        task_context* take(std::uint64_t id) noexcept {
+            return pool == id && count > 0 ? kept[--count] : nullptr;
+        }
+        bool put(std::uint64_t id, task_context& c) noexcept {
+            if (pool != id) {
+                if (count != 0) return false;
+                pool = id;
+            }
+            if (count == kSize) return false;
+            kept[count++] = &c;
+            return true;
+        }
+    };
+    static thread_cache& this_thread_cache() noexcept {
+        thread_local thread_cache cache;
+        return cache;
+    }
+    static std::uint64_t next_id() noexcept {
+        static std::atomic<std::uint64_t> last{0};
+        return last.fetch_add(1, std::memory_order_relaxed) + 1;
+    }
+
+    const std::uint64_t id_ = next_id();
     asio::io_context& ctx_;
     std::mutex mu_;
     asio::detail::io_context_impl* scheduler_ = nullptr;  // guarded by mu_; looked up once
