@@ -27,7 +27,8 @@ class async_chan_op final : public async_waiter<Handler>, Kind {
 
 public:
     // `owner` keeps the channel alive until the operation has completed; it
-    // is empty when the caller guarantees that (start_borrowed).
+    // is empty when the caller guarantees that (start_borrowed,
+    // start_waiting_locked).
     template <class... KindArgs>
     async_chan_op(Handler&& h, chan_state<T>& ch, std::shared_ptr<chan_state<T>> owner, KindArgs&&... args)
         : base(std::move(h)),
@@ -41,36 +42,35 @@ public:
         start_on(std::move(h), state, std::move(ch), std::forward<decltype(kind_args)>(kind_args)...);
     }
 
-    // For a caller whose handle on the channel outlives the operation's
-    // completion (a csp::task's awaiter, awaited where it is made: the task
-    // is suspended in it until the handler has run): the operation does not
-    // take a reference of its own, two locked instructions fewer per wait.
+    // As start, for a caller whose handle on the channel outlives the
+    // operation's completion (a csp::task's awaiter: the task is suspended
+    // in the co_await that made it until the handler has run): the
+    // operation takes no reference of its own, two locked instructions
+    // fewer per wait.
     static void start_borrowed(Handler&& h, chan_state<T>& ch, auto&&... kind_args) {
         start_on(std::move(h), ch, nullptr, std::forward<decltype(kind_args)>(kind_args)...);
     }
 
-    void wake() noexcept override { this->post(run_completion<async_chan_op>{this}); }
-private:
-    static void start_on(Handler&& h, chan_state<T>& ch, std::shared_ptr<chan_state<T>> owner,
-                         auto&&... kind_args) {
-        async_chan_op* op = memory::create(h, std::move(h), ch, std::move(owner),
-                                           std::forward<decltype(kind_args)>(kind_args)...);
-        bool done_now;
+    // For a csp::task's awaiter that has just found, under the channel's
+    // lock, that it must wait: registers the operation under that same lock
+    // (one lock round trip per wait instead of two), borrowing the channel
+    // as start_borrowed does. Requires the lock; the peers in `woken` are
+    // woken after it is released. The completion is posted to the task's
+    // queue, which runs it only after the task has suspended: the task runs
+    // on that queue now, and the queue runs one handler at a time.
+    static void start_waiting_locked(Handler&& h, chan_state<T>& ch, wake_list& woken, auto&&... kind_args) {
+        async_chan_op* op =
+            memory::create(h, std::move(h), ch, nullptr, std::forward<decltype(kind_args)>(kind_args)...);
         try {
-            done_now = op->attempt();
+            op->register_locked(woken);
         } catch (...) {
-            memory::release(op);  // a move threw at initiation: nothing was queued
+            memory::release(op);  // nothing was queued
             throw;
-        }
-        // Outside the try: from here the completion owns op, and what the
-        // resumed coroutine throws is not a failure of the initiation.
-        if (done_now) {
-            inline_completion::scope in;
-            op->complete();
         }
     }
 
-public:
+    void wake() noexcept override { this->post(run_completion<async_chan_op>{this}); }
+
     void complete() {
         this->disconnect_cancellation();
         int claimed = this->claimed_case();
@@ -96,6 +96,25 @@ public:
     }
 
 private:
+    static void start_on(Handler&& h, chan_state<T>& ch, std::shared_ptr<chan_state<T>> owner,
+                         auto&&... kind_args) {
+        async_chan_op* op = memory::create(h, std::move(h), ch, std::move(owner),
+                                           std::forward<decltype(kind_args)>(kind_args)...);
+        bool done_now;
+        try {
+            done_now = op->attempt();
+        } catch (...) {
+            memory::release(op);  // a move threw at initiation: nothing was queued
+            throw;
+        }
+        // Outside the try: from here the completion owns op, and what the
+        // resumed coroutine throws is not a failure of the initiation.
+        if (done_now) {
+            inline_completion::scope in;
+            op->complete();
+        }
+    }
+
     // Completes now or registers the node. True when it completed now and
     // the caller is to run the completion inline; when it completed now but
     // may not run inline, the completion is posted.
@@ -105,11 +124,7 @@ private:
             std::lock_guard g(*ch_);
             poll p = Kind::try_now(*ch_, woken);
             if (p == poll::blocked) {
-                this->track_work();
-                this->connect_cancellation();
-                this->note_parked();
-                Kind::enqueue(*ch_, node_);
-                ch_->recheck_locked(woken);
+                register_locked(woken);
                 return false;
             }
             this->state.store(0, std::memory_order_relaxed);  // claimed by ourselves
@@ -118,6 +133,15 @@ private:
         if (inline_completion::allowed<Handler>()) return true;
         wake();
         return false;
+    }
+
+    // Requires the channel's lock: the operation waits from here on.
+    void register_locked(wake_list& woken) {
+        this->track_work();
+        this->connect_cancellation();
+        this->note_parked();
+        Kind::enqueue(*ch_, node_);
+        ch_->recheck_locked(woken);
     }
 
     chan_state<T>* ch_;

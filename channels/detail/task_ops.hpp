@@ -96,10 +96,20 @@ class task_recv_awaiter : public task_awaiter {
 public:
     explicit task_recv_awaiter(const std::shared_ptr<chan_state<T>>& ch) noexcept : ch_(&ch) {}
 
-    bool await_ready() { return (*ch_)->recv_now(value_) != poll::blocked; }
+    // On a channel without the lock-free ring, an operation that must wait
+    // is registered here, under the lock its attempt took
+    // (start_waiting_locked); await_suspend then only records the task,
+    // which suspends before the completion can run (it is queued behind it).
+    bool await_ready() {
+        chan_state<T>& ch = **ch_;
+        return ch.recv_now_or_wait(value_, [&](wake_list& woken) {
+            async_chan_op<T, handler, recv_kind<T>>::start_waiting_locked(handler{this}, ch, woken);
+            registered_ = true;
+        }) != poll::blocked;
+    }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
-        async_chan_op<T, handler, recv_kind<T>>::start_borrowed(handler{this}, **ch_);
+        if (!registered_) async_chan_op<T, handler, recv_kind<T>>::start_borrowed(handler{this}, **ch_);
     }
     std::optional<T> await_resume() {
         if (ec_) throw std::system_error(ec_);
@@ -116,6 +126,7 @@ private:
     const std::shared_ptr<chan_state<T>>* ch_;
     std::optional<T> value_;
     std::error_code ec_;
+    bool registered_ = false;  // the operation was started in await_ready
 };
 
 // V is T (the awaiter owns the value: it was given as an rvalue) or T* (the
@@ -128,8 +139,14 @@ class task_send_awaiter : public task_awaiter {
 public:
     task_send_awaiter(const std::shared_ptr<chan_state<T>>& ch, V v) : ch_(&ch), v_(std::move(v)) {}
 
+    // As the receive's.
     bool await_ready() {
-        switch ((*ch_)->send_now(value())) {
+        chan_state<T>& ch = **ch_;
+        switch (ch.send_now_or_wait(value(), [&](wake_list& woken) {
+            async_chan_op<T, handler, send_kind<T, false>>::start_waiting_locked(handler{this}, ch, woken,
+                                                                                 &value());
+            registered_ = true;
+        })) {
             case poll::done: return true;
             case poll::closed: ec_ = make_error_code(errc::closed); return true;
             case poll::blocked: break;
@@ -138,7 +155,8 @@ public:
     }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
-        async_chan_op<T, handler, send_kind<T, false>>::start_borrowed(handler{this}, **ch_, &value());
+        if (!registered_)
+            async_chan_op<T, handler, send_kind<T, false>>::start_borrowed(handler{this}, **ch_, &value());
     }
     void await_resume() const {
         if (ec_) throw std::system_error(ec_);
@@ -155,6 +173,7 @@ private:
     const std::shared_ptr<chan_state<T>>* ch_;
     V v_;
     std::error_code ec_;
+    bool registered_ = false;  // the operation was started in await_ready
 };
 
 // Passes 0 and 1 in await_ready, as a goroutine's select that finds a case
