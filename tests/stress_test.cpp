@@ -803,12 +803,17 @@ TEST_CASE("stress: stop requests racing with sends never lose or duplicate a val
         // Each operation gets its own stop_source and hands it to a canceller
         // thread before it starts; the canceller requests the stop after a
         // random spin, so requests land before, during and after hand-offs.
-        // The channel of sources closes when every operator is done.
+        // One operation in eight starts with its stop already requested: it
+        // gives up unless it can complete at once, so that give-ups happen
+        // however the machine's timing falls (the canceller alone may always
+        // come too late). The channel of sources closes when every operator
+        // is done.
         auto stops = csp::make_chan<std::stop_source>(64);
         auto stop_share = stops.as_closing_sender();
-        auto arm = [&](std::minstd_rand&) {
+        auto arm = [&](std::minstd_rand& rng) {
             std::stop_source src;
-            stops.send(src);
+            if (rng() % 8 == 0) src.request_stop();
+            else stops.send(src);
             return src.get_token();
         };
         // Sender 0: send(v, token). Sender 1: select with a send case and on_stop.
