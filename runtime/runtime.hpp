@@ -132,8 +132,9 @@ struct forward_cancellation {
     native_task_record* r;
     void operator()(asio::cancellation_type_t type) const {
         if (r->ignores_cancellation) return;
+        (void)type;  // any type is honoured, as by the channel operations' slot handlers
         r->cancelled = true;
-        r->operation_signal.emit(type);
+        if (waiting_operation& w = r->waiting; w.op) w.cancel(w.op);
     }
 };
 

@@ -20,7 +20,9 @@
 // handler claims the operation for `kCancelled` with the same CAS as a peer.
 // If the peer won, the value was delivered and the cancellation is a no-op;
 // otherwise the operation took nothing and gave nothing. The slot is cleared
-// in the completion, on the handler's executor, before the handler runs.
+// in the completion, on the handler's executor, before the handler runs. A
+// csp::task's operations are reached the same way through the task's env
+// instead of a slot (env_cancelled_handler).
 #pragma once
 
 #include <asio/any_io_executor.hpp>
@@ -37,6 +39,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include <atomic>
+#include <concepts>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -44,6 +47,7 @@
 
 #include "direct_completion.hpp"
 #include "park_hooks.hpp"
+#include "task_env.hpp"
 #include "waiter.hpp"
 
 namespace csp::detail {
@@ -85,6 +89,13 @@ struct completion_traits {
 template <class H>
 concept direct_posting_handler = requires(const H& h, direct_completion& c) { h.post_direct(c); };
 
+// A handler whose task is cancelled through its env (task_env.hpp): a
+// csp::task's, instead of an Asio cancellation slot.
+template <class H>
+concept env_cancelled_handler = requires(const H& h) {
+    { h.waiting_operation_slot() } -> std::same_as<waiting_operation&>;
+};
+
 // Runs Op::complete on the handler's executor.
 template <class Op>
 struct run_completion {
@@ -120,11 +131,21 @@ protected:
     // Installs the cancellation handler, if the handler has a slot. Called
     // before the operation is published on any queue.
     void connect_cancellation() {
-        slot_ = asio::get_associated_cancellation_slot(handler_);
-        if (slot_.is_connected()) slot_.template emplace<cancel_claim>(this);
+        if constexpr (env_cancelled_handler<Handler>) {
+            handler_.waiting_operation_slot() = {this, [](void* self) noexcept {
+                                                     static_cast<async_waiter*>(self)->cancel();
+                                                 }};
+        } else {
+            slot_ = asio::get_associated_cancellation_slot(handler_);
+            if (slot_.is_connected()) slot_.template emplace<cancel_claim>(this);
+        }
     }
     void disconnect_cancellation() noexcept {
-        if (slot_.is_connected()) slot_.clear();
+        if constexpr (env_cancelled_handler<Handler>) {
+            if (waiting_operation& w = handler_.waiting_operation_slot(); w.op == this) w = {};
+        } else {
+            if (slot_.is_connected()) slot_.clear();
+        }
     }
 
     // A cancellation that came while a peer held the claim. Asio emits a
@@ -155,14 +176,15 @@ protected:
     std::optional<typename traits::work> work_;  // engaged once the operation parks or posts
 
 private:
+    // Any cancellation type is honoured: a cancelled operation has no
+    // effect at all, which is what even `total` asks for.
+    void cancel() noexcept {
+        if (this->try_claim(waiter::kCancelled)) this->wake();
+        else cancel_missed_.store(true, std::memory_order_relaxed);
+    }
     struct cancel_claim {
         explicit cancel_claim(async_waiter* w) noexcept : w_(w) {}
-        void operator()(asio::cancellation_type_t) const noexcept {
-            // Any cancellation type is honoured: a cancelled operation has no
-            // effect at all, which is what even `total` asks for.
-            if (w_->try_claim(waiter::kCancelled)) w_->wake();
-            else w_->cancel_missed_.store(true, std::memory_order_relaxed);
-        }
+        void operator()(asio::cancellation_type_t) const noexcept { w_->cancel(); }
         async_waiter* w_;
     };
 

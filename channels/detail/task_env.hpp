@@ -11,11 +11,20 @@
 #pragma once
 
 #include <asio/any_io_executor.hpp>
-#include <asio/cancellation_signal.hpp>
 
 #include "direct_completion.hpp"
 
 namespace csp::detail {
+
+// The operation of a task that waits now, and how to cancel it. Set by the
+// operation when it starts to wait and cleared by its completion, read by the
+// task's cancellation: all on the task's executor. (An Asio cancellation slot
+// did this job for the price of an allocation from the thread's cache, a
+// virtual destroy and its release per wait.)
+struct waiting_operation {
+    void* op = nullptr;
+    void (*cancel)(void* op) noexcept = nullptr;
+};
 
 struct task_env {
     // Where the task's coroutine resumes after an operation that waited.
@@ -25,9 +34,9 @@ struct task_env {
     // completion reaches the task without going through Asio's executor
     // properties. Any thread may call it.
     void (*post_completion)(task_env&, direct_completion&) = nullptr;
-    // The cancellation slot an operation that waits binds its handler to:
-    // at most one operation of a task waits at a time.
-    asio::cancellation_signal operation_signal;
+    // The operation that waits now, if any: at most one operation of a
+    // task waits at a time.
+    waiting_operation waiting;
     // Set when the task was cancelled: every later co_await of a channel
     // operation throws std::system_error(operation_aborted), as a co_await
     // in an Asio awaitable does once its cancellation state is set.

@@ -74,10 +74,9 @@ struct task_resume_handler {
 
     using executor_type = asio::any_io_executor;
     executor_type get_executor() const noexcept { return aw->env->resume_on; }
-    using cancellation_slot_type = asio::cancellation_slot;
-    cancellation_slot_type get_cancellation_slot() const noexcept {
-        return aw->env->operation_signal.slot();
-    }
+    // async_op.hpp: the task's cancellation reaches the operation through
+    // the task's env, not through an Asio cancellation slot.
+    waiting_operation& waiting_operation_slot() const noexcept { return aw->env->waiting; }
     // async_op.hpp: the completion goes straight onto the task's queue.
     void post_direct(direct_completion& c) const { aw->env->post_completion(*aw->env, c); }
 
