@@ -120,7 +120,7 @@ private:
     // may not run inline, the completion is posted.
     bool attempt() {
         {
-            wake_list woken;  // peers are woken (posted) before we go on
+            wake_list woken(ch_);  // peers are woken (posted) before we go on
             std::lock_guard g(*ch_);
             poll p = Kind::try_now(*ch_, woken);
             if (p == poll::blocked) {

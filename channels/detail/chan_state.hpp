@@ -235,14 +235,14 @@ public:
     // ---- whole operations ----
 
     void close() {
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         close_locked(woken);
     }
 
     // Closes unless already closed; true if this call closed it.
     bool close_if_open() {
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         if (closed_) return false;
         close_locked(woken);
@@ -253,14 +253,14 @@ public:
     // found; peers it completes are woken once the lock is released.
     poll send_now(T& v) {
         if (lock_free()) return send_fast(v);
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         return send_locked(v, woken);
     }
     poll recv_now(std::optional<T>& out) {
         if (lock_free())
             if (poll p = recv_fast(out); p != poll::blocked) return p;
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         return recv_locked(out, woken);
     }
@@ -275,7 +275,7 @@ public:
     template <class Wait>
     poll send_now_or_wait(T& v, Wait&& wait) {
         if (lock_free()) return send_now(v);
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         const poll p = send_locked(v, woken);
         if (p == poll::blocked) wait(woken);
@@ -284,7 +284,7 @@ public:
     template <class Wait>
     poll recv_now_or_wait(std::optional<T>& out, Wait&& wait) {
         if (lock_free()) return recv_now(out);
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         const poll p = recv_locked(out, woken);
         if (p == poll::blocked) wait(woken);
@@ -313,7 +313,7 @@ public:
                 case poll::blocked: return status::would_block;
             }
         }
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         switch (send_locked(v, woken)) {
             case poll::done: return status::ok;
@@ -333,7 +333,7 @@ public:
                 case poll::blocked: break;  // a sender may wait with the ring empty
             }
         }
-        wake_list woken;
+        wake_list woken(this);
         std::lock_guard g(mu_);
         switch (recv_locked(r.value(), woken)) {
             case poll::done: r.set_state(status::ok); break;
@@ -356,7 +356,7 @@ public:
             thread_waiter w;
             wait_node n(w, &v, 0);
             {
-                wake_list woken;
+                wake_list woken(this);
                 std::lock_guard g(mu_);
                 switch (send_locked(v, woken)) {
                     case poll::done: return status::ok;
@@ -394,7 +394,7 @@ public:
             thread_waiter w;
             wait_node n(w, &out, 0);
             {
-                wake_list woken;
+                wake_list woken(this);
                 std::lock_guard g(mu_);
                 switch (recv_locked(out, woken)) {
                     case poll::done: return status::ok;
@@ -490,7 +490,7 @@ private:
             case ring_result::full_or_empty: return poll::blocked;
         }
         if (other_side.count() != 0) {
-            wake_list woken;
+            wake_list woken(this);
             std::lock_guard g(mu_);
             (this->*hand_over)(woken);
         }

@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstddef>
 #include <exception>
+#include <utility>
 
 #include "parker.hpp"
 
@@ -155,12 +156,23 @@ private:
     std::atomic<std::size_t> count_{0};
 };
 
+// The channel whose waiters the calling thread is waking now, if a
+// wake_list names one (null otherwise): a runtime's scheduler tells tasks
+// readied by one channel (its consumers, all readied by its producer) from
+// tasks readied by different channels (task_executor.hpp).
+inline const void*& current_wake_source() noexcept {
+    thread_local const void* source = nullptr;
+    return source;
+}
+
 // Waiters claimed under a lock, woken once the lock is released. Declare it
 // before the lock guard so that its destructor runs after the unlock, on
-// every path, exceptions included.
+// every path, exceptions included. `source`: the channel they wait on, or
+// null (a select's waiters may wait on several).
 class wake_list {
 public:
     wake_list() = default;
+    explicit wake_list(const void* source) noexcept : source_(source) {}
     wake_list(const wake_list&) = delete;
     wake_list& operator=(const wake_list&) = delete;
     ~wake_list() { wake_all(); }
@@ -172,14 +184,18 @@ public:
     }
 
     void wake_all() noexcept {
+        if (!head_) return;
+        const void* const outer = std::exchange(current_wake_source(), source_);
         while (waiter* w = head_) {
             head_ = w->wake_next;  // read before wake(): w may be gone after it
             w->wake();
         }
+        current_wake_source() = outer;
     }
 
 private:
     waiter* head_ = nullptr;
+    const void* source_ = nullptr;
 };
 
 }  // namespace csp::detail

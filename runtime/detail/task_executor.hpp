@@ -59,6 +59,7 @@
 #include <vector>
 
 #include <channels/detail/direct_completion.hpp>
+#include <channels/detail/waiter.hpp>
 
 namespace csp::detail {
 
@@ -123,6 +124,7 @@ private:
     struct thread_state {
         task_context* current = nullptr;
         task_context* runnext = nullptr;
+        const void* runnext_source = nullptr;  // the channel that readied `runnext`, if known
         asio::io_context* ctx = nullptr;
     };
     static thread_state& this_thread() noexcept {
@@ -187,10 +189,16 @@ private:
             // The one pushed out goes to the shared queue and wakes an idle
             // worker: two tasks readied at once are work for two threads
             // (paired against keeping it on this thread's private queue:
-            // pipeline 0.65x, pipeline_par 0.63x, spawn 0.67x; select4 1.4x,
-            // where the one consumer is the bottleneck and a second thread
-            // only adds contention).
-            if (task_context* pushed_out = std::exchange(t.runnext, this)) pushed_out->post_runner(false);
+            // pipeline 0.80x). Unless both were readied by the same channel
+            // (consumers of one channel, readied one after the other by its
+            // producer): on two workers they would take that channel's lines
+            // from each other for every value, so the one pushed out stays
+            // on this thread's private queue, where an idle worker does not
+            // hear of it (paired: pipeline_par 0.62x).
+            const void* const source = current_wake_source();
+            if (task_context* pushed_out = std::exchange(t.runnext, this))
+                pushed_out->post_runner(source != nullptr && source == t.runnext_source);
+            t.runnext_source = source;
             return;
         }
         post_runner(continuation);
