@@ -130,9 +130,9 @@ struct native_task_record : task_record, task_root_env {
 // task's executor): later operations throw, the waiting one is cancelled.
 struct forward_cancellation {
     native_task_record* r;
-    void operator()(asio::cancellation_type_t type) const {
+    // Any type is honoured, as the channel operations' slot handlers do.
+    void operator()(asio::cancellation_type_t) const {
         if (r->ignores_cancellation) return;
-        (void)type;  // any type is honoured, as by the channel operations' slot handlers
         r->cancelled = true;
         if (waiting_operation& w = r->waiting; w.op) w.cancel(w.op);
     }
@@ -347,7 +347,8 @@ private:
                                                        // counted off the workers (plus worker_tallies_)
     std::atomic<std::ptrdiff_t> plain_parked_{0};      // the same, on plain-task threads
     std::atomic<std::ptrdiff_t> timers_{0};          // this runtime's timers pending
-    std::atomic<std::uint64_t> epoch_{0};            // bumped by every park, wake and task end
+    std::atomic<std::uint64_t> epoch_{0};            // bumped by every task end and timer, and by the
+                                                     // parks and wakes counted off the workers' tallies
     std::atomic<bool> closing_{false};
     std::mutex groups_mu_;
     std::vector<detail::task_scope*> groups_;  // guarded by groups_mu_: cancelled at destruction

@@ -269,9 +269,10 @@ public:
     // an operation that must wait is registered while the lock is still
     // held, by wait(wake_list&) (which may throw: nothing is registered
     // then). With the lock-free ring the caller is told `blocked` and starts
-    // its operation itself: the second attempt it makes then finds a value
-    // (room) often enough on a busy channel to pay (pipeline_par 1.10x
-    // slower when registering at once).
+    // its operation itself, which attempts once more before it registers,
+    // as before: registering at once measured pipeline_par 1.10x slower,
+    // though within the 10% by which unrelated changes of code layout move
+    // it on the same machine, so the long-measured path stays.
     template <class Wait>
     poll send_now_or_wait(T& v, Wait&& wait) {
         if (lock_free()) return send_now(v);
