@@ -16,7 +16,8 @@
 // next on the waker's thread, in a per-worker `runnext` slot as in Go, so a
 // hand-off between two tasks costs no queue and no thread wake-up; when a
 // task readies two, the one pushed out of the slot goes to the shared queue
-// and wakes an idle worker, so ready work spreads to every thread. A task
+// and wakes an idle worker, so ready work spreads to every thread (unless
+// both were readied through one channel: detail/task_executor.hpp). A task
 // parked in a channel operation holds no thread: 100 000 of them cost only
 // their coroutine frames and contexts.
 //
