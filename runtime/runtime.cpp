@@ -75,24 +75,17 @@ runtime& runtime::default_runtime() {
 
 void runtime::install_thread_hooks(hooks& h) { detail::current_park_hooks() = &h; }
 
-namespace {
-// The tally of the calling thread and the hooks it counts for (a worker's
-// own hooks; any other thread has none).
-struct thread_tally {
-    const void* hooks = nullptr;
-    void* tally = nullptr;
-};
-thread_local thread_tally this_thread_tally;
-}  // namespace
+thread_local const runtime::hooks* runtime::hooks::this_thread_owner_ = nullptr;
+thread_local runtime::park_tally* runtime::hooks::this_thread_tally_ = nullptr;
 
 void runtime::hooks::adopt_on_this_thread(park_tally& tally) noexcept {
-    this_thread_tally = {this, &tally};
+    this_thread_owner_ = this;
+    this_thread_tally_ = &tally;
 }
 
 void runtime::hooks::count(std::ptrdiff_t delta) noexcept {
-    const thread_tally& mine = this_thread_tally;
-    if (mine.hooks == this) {
-        static_cast<park_tally*>(mine.tally)->add(delta);
+    if (this_thread_owner_ == this) {
+        this_thread_tally_->add(delta);
         return;
     }
     parked_.fetch_add(delta, std::memory_order_relaxed);

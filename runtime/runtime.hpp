@@ -218,6 +218,9 @@ private:
 
     private:
         void count(std::ptrdiff_t delta) noexcept;
+        // The calling worker's hooks and tally (none on other threads).
+        static thread_local const hooks* this_thread_owner_;
+        static thread_local park_tally* this_thread_tally_;
         runtime& rt_;
         std::atomic<std::ptrdiff_t>& parked_;
     };

@@ -251,19 +251,8 @@ public:
 
     // A send or receive that completes now or not at all, reporting what it
     // found; peers it completes are woken once the lock is released.
-    poll send_now(T& v) {
-        if (lock_free()) return send_fast(v);
-        wake_list woken(this);
-        std::lock_guard g(mu_);
-        return send_locked(v, woken);
-    }
-    poll recv_now(std::optional<T>& out) {
-        if (lock_free())
-            if (poll p = recv_fast(out); p != poll::blocked) return p;
-        wake_list woken(this);
-        std::lock_guard g(mu_);
-        return recv_locked(out, woken);
-    }
+    poll send_now(T& v) { return send_now_or_wait(v, no_wait); }
+    poll recv_now(std::optional<T>& out) { return recv_now_or_wait(out, no_wait); }
 
     // As send_now and recv_now, but on a channel without the lock-free ring
     // an operation that must wait is registered while the lock is still
@@ -275,21 +264,15 @@ public:
     // it on the same machine, so the long-measured path stays.
     template <class Wait>
     poll send_now_or_wait(T& v, Wait&& wait) {
-        if (lock_free()) return send_now(v);
-        wake_list woken(this);
-        std::lock_guard g(mu_);
-        const poll p = send_locked(v, woken);
-        if (p == poll::blocked) wait(woken);
-        return p;
+        if (lock_free()) return send_fast(v);
+        return locked_or_wait([&](wake_list& woken) { return send_locked(v, woken); }, wait);
     }
     template <class Wait>
     poll recv_now_or_wait(std::optional<T>& out, Wait&& wait) {
-        if (lock_free()) return recv_now(out);
-        wake_list woken(this);
-        std::lock_guard g(mu_);
-        const poll p = recv_locked(out, woken);
-        if (p == poll::blocked) wait(woken);
-        return p;
+        auto attempt = [&](wake_list& woken) { return recv_locked(out, woken); };
+        if (!lock_free()) return locked_or_wait(attempt, wait);
+        if (poll p = recv_fast(out); p != poll::blocked) return p;
+        return locked_or_wait(attempt, no_wait);  // a sender may wait with the ring empty
     }
 
     // Without the lock, for select's first pass: false when this channel
@@ -430,6 +413,19 @@ public:
     }
 
 private:
+    static constexpr auto no_wait = [](wake_list&) noexcept {};
+
+    // One attempt under the lock; when it finds that the operation must
+    // wait, wait(woken) registers it before the lock is released.
+    template <class Attempt, class Wait>
+    poll locked_or_wait(Attempt&& attempt, Wait&& wait) {
+        wake_list woken(this);
+        std::lock_guard g(mu_);
+        const poll p = attempt(woken);
+        if (p == poll::blocked) wait(woken);
+        return p;
+    }
+
     static status gave_up(const steady_time* deadline, const std::stop_token* stop) {
         if (stop && stop->stop_requested()) return status::cancelled;
         if (deadline && std::chrono::steady_clock::now() >= *deadline) return status::timeout;
