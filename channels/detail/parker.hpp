@@ -77,6 +77,10 @@ public:
 
     bool notified() const noexcept { return word_.load(std::memory_order_acquire) == kNotified; }
 
+    // True while this thread's recent spins ended in success: its peers run
+    // on other CPUs and answer within a spin.
+    static bool spinning_pays() noexcept { return spin_budget() >= kMaxSpin; }
+
     // Waits until unpark() was called.
     void park() noexcept { (void)park_until(nullptr); }
 
