@@ -53,7 +53,7 @@ runtime::~runtime() {
     }
     {
         std::unique_lock l(idle_mu_);
-        idle_.wait(l, [&] { return live_.load(std::memory_order_acquire) == 0; });
+        idle_.wait(l, [&] { return no_live_tasks(); });
     }
     // Every task has ended. Run what is still queued (a completion, or a
     // cancelled timer's handler, holds a reference) instead of dropping it unrun;
@@ -97,7 +97,8 @@ void runtime::hooks::count(std::ptrdiff_t delta) noexcept {
 // after every worker took a probe (workers_idle(): a mutex, so the counts a
 // worker made before its probe are seen).
 std::uint64_t runtime::activity() const noexcept {
-    std::uint64_t sum = epoch_.load(std::memory_order_relaxed);
+    std::uint64_t sum = epoch_.load(std::memory_order_relaxed) +
+                        ended_of(tasks_.load(std::memory_order_relaxed));
     for (std::size_t i = 0; i < workers_.size(); ++i)
         sum += worker_tallies_[i].moves.load(std::memory_order_relaxed);
     return sum;
@@ -114,7 +115,7 @@ void runtime::timer_done() noexcept {
 }
 
 void runtime::task_started(detail::task_scope& scope, detail::task_record& r) {
-    live_.fetch_add(1, std::memory_order_relaxed);
+    tasks_.fetch_add(kTaskStart, std::memory_order_relaxed);
     if (!r.executor) plain_live_.fetch_add(1, std::memory_order_relaxed);
     scope.add(r);
 }
@@ -123,10 +124,11 @@ void runtime::task_ended(detail::task_record& r, std::exception_ptr e) {
     bool last = false;
     r.scope->finish(r, std::move(e), [&] {
         if (!r.executor) plain_live_.fetch_sub(1, std::memory_order_relaxed);
-        note_activity();
-        last = live_.fetch_sub(1, std::memory_order_acq_rel) == 1;
+        last = live_of(tasks_.fetch_add(kTaskEnd, std::memory_order_acq_rel)) == 1;
     });
-    // The destructor may see live_ == 0 before this notify; it joins this
+    // The record may go now; nothing below touches it.
+    std::shared_ptr<detail::task_record> keep = std::move(r.self);
+    // The destructor may see no live task before this notify; it joins this
     // thread (a worker or a pool thread) before idle_mu_ goes away.
     if (last) {
         std::lock_guard g(idle_mu_);
@@ -167,7 +169,7 @@ bool runtime::workers_idle() {
 }
 
 bool runtime::looks_deadlocked() {
-    const auto live = static_cast<std::ptrdiff_t>(live_.load(std::memory_order_acquire));
+    const auto live = static_cast<std::ptrdiff_t>(live_tasks());
     const auto plain = plain_live_.load(std::memory_order_relaxed);
     std::ptrdiff_t coroutine_parked = coroutine_parked_.load(std::memory_order_relaxed);
     for (std::size_t i = 0; i < workers_.size(); ++i)
@@ -184,7 +186,7 @@ void runtime::wait() {
     int stable = 0;
     std::uint64_t last_epoch = activity() + 1;
     for (;;) {
-        if (idle_.wait_for(l, 20ms, [&] { return live_.load(std::memory_order_acquire) == 0; }))
+        if (idle_.wait_for(l, 20ms, [&] { return no_live_tasks(); }))
             break;
         const std::uint64_t epoch = activity();
         stable = epoch == last_epoch && looks_deadlocked() && workers_idle() ? stable + 1 : 0;
@@ -193,7 +195,7 @@ void runtime::wait() {
             throw deadlock_error(fmt::format(
                 "csp: all tasks are asleep - deadlock! ({} tasks parked on channel operations "
                 "that nothing can complete)",
-                live_.load(std::memory_order_acquire)));
+                live_tasks()));
     }
     l.unlock();
     if (std::exception_ptr e = root_.take_error()) std::rethrow_exception(e);

@@ -124,20 +124,18 @@ struct native_task_record : task_record, task_root_env {
     virtual void release_callable() noexcept {}
 
     runtime* rt = nullptr;
-    std::shared_ptr<task_record> self;  // released when the task ends
 };
 
-// The runtime's cancellation of a csp::task (task_scope.hpp: emitted on the
+// The runtime's cancellation of a csp::task (task_scope.hpp: run on the
 // task's executor): later operations throw, the waiting one is cancelled.
-struct forward_cancellation {
-    native_task_record* r;
-    // Any type is honoured, as the channel operations' slot handlers do.
-    void operator()(asio::cancellation_type_t) const {
-        if (r->ignores_cancellation) return;
-        r->cancelled = true;
-        if (waiting_operation& w = r->waiting; w.op) w.cancel(w.op);
-    }
-};
+// (Not through the record's Asio cancellation signal: a handler installed
+// in its slot cost every task an allocation and a release.)
+inline void cancel_native_task(task_record& base) noexcept {
+    auto& r = static_cast<native_task_record&>(base);
+    if (r.ignores_cancellation) return;
+    r.cancelled = true;
+    if (waiting_operation& w = r.waiting; w.op) w.cancel(w.op);
+}
 
 // The record of a task made by a callable: the callable (a lambda's
 // captures, which its coroutine refers to) lives here until the task ends.
@@ -180,7 +178,7 @@ public:
     asio::any_io_executor executor();
 
     unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
-    std::size_t live_tasks() const noexcept { return live_.load(std::memory_order_acquire); }
+    std::size_t live_tasks() const noexcept { return live_of(tasks_.load(std::memory_order_acquire)); }
     // Threads of the plain-task pool (started so far and not yet retired).
     std::size_t blocking_threads() { return blocking_.threads(); }
 
@@ -246,7 +244,12 @@ private:
             // The record from the thread's recycling cache, as the frame.
             auto record = std::allocate_shared<detail::callable_task_record<fn>>(
                 asio::recycling_allocator<void>(), fn(std::forward<F>(f)));
-            task<void> t = detail::invoke_task(*record->f, scope.stop_token());
+            // The scope's stop token only for a callable that takes one:
+            // a copy is two locked instructions on its shared state.
+            task<void> t = [&] {
+                if constexpr (detail::takes_stop_token<fn>) return (*record->f)(scope.stop_token());
+                else return (*record->f)();
+            }();
             start_task(scope, std::move(record), std::move(t));
         } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {
             start_coroutine(scope, std::make_shared<detail::task_record>(), fn(std::forward<F>(f)));
@@ -259,6 +262,7 @@ private:
     void start_coroutine(detail::task_scope& scope, std::shared_ptr<detail::task_record> record,
                          F f) {
         record->executor.emplace(contexts_.acquire());
+        record->self = record;
         task_started(scope, *record);
         detail::task_record& r = *record;
         asio::co_spawn(
@@ -281,33 +285,34 @@ private:
                     task<void> t) {
         detail::native_task_record& r = *record;
         r.executor.emplace(contexts_.acquire());
-        r.resume_on = asio::any_io_executor(*r.executor);
+        r.executor_of = [](const detail::task_env& env) {
+            return asio::any_io_executor(*static_cast<const detail::native_task_record&>(env).executor);
+        };
         r.post_completion = [](detail::task_env& env, detail::direct_completion& c) {
             static_cast<detail::native_task_record&>(env).executor->context().post_continuation(c);
         };
         r.rt = this;
         r.ended = &runtime::task_ended_native;
-        r.signal.slot().template emplace<detail::forward_cancellation>(&r);
+        r.on_cancel = &detail::cancel_native_task;
+        r.self = std::move(record);
         task_started(scope, r);
         auto h = t.release();
         h.promise().start_as_root(r);
-        r.self = std::move(record);
         // As co_spawn does: from a worker the task runs at once, to its first wait.
         asio::dispatch(*r.executor, [h] { h.resume(); });
     }
 
     static void task_ended_native(detail::task_root_env& env, std::exception_ptr e) {
         auto& r = static_cast<detail::native_task_record&>(env);
-        std::shared_ptr<detail::task_record> keep = std::move(r.self);
         r.release_callable();
         r.done = true;
-        r.signal.slot().clear();
         r.rt->contexts_.give_back(r.executor->context());
         r.rt->task_ended(r, std::move(e));
     }
 
     template <class F>
     void start_plain(detail::task_scope& scope, std::shared_ptr<detail::task_record> record, F f) {
+        record->self = record;
         task_started(scope, *record);
         blocking_.submit([this, record = std::move(record), st = scope.stop_token(),
                           f = std::make_shared<F>(std::move(f))] {
@@ -328,6 +333,7 @@ private:
     void timer_done() noexcept;
     void note_activity() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
     std::uint64_t activity() const noexcept;  // changes with every park, wake, task end and timer
+    bool no_live_tasks() const noexcept { return live_tasks() == 0; }
     void install_thread_hooks(hooks& h);
     bool looks_deadlocked();
     bool workers_idle();
@@ -345,19 +351,27 @@ private:
     // For live_tasks() and the deadlock detector. A task counts as live from
     // go() until its scope has recorded its end, so that when a group's
     // wait() returns the runtime no longer counts the group's tasks.
-    std::atomic<std::size_t> live_{0};               // tasks started and not yet ended
+    // One word for two counts, so that a task's end is one locked
+    // instruction: the low half counts the live tasks (a start adds 1), the
+    // high half the ended ones, for activity() (an end adds 2^32 - 1: one up
+    // there, one down here; the low half is at least 1, so nothing borrows).
+    // 2^32 live tasks would take hundreds of gigabytes of records.
+    static constexpr std::uint64_t kTaskStart = 1, kTaskEnd = (std::uint64_t{1} << 32) - 1;
+    static std::size_t live_of(std::uint64_t tasks) noexcept { return tasks & 0xffff'ffffu; }
+    static std::uint64_t ended_of(std::uint64_t tasks) noexcept { return tasks >> 32; }
+    std::atomic<std::uint64_t> tasks_{0};
     std::atomic<std::ptrdiff_t> plain_live_{0};      // of which plain tasks
     std::atomic<std::ptrdiff_t> coroutine_parked_{0};  // operations parked with no way out but a peer,
                                                        // counted off the workers (plus worker_tallies_)
     std::atomic<std::ptrdiff_t> plain_parked_{0};      // the same, on plain-task threads
     std::atomic<std::ptrdiff_t> timers_{0};          // this runtime's timers pending
-    std::atomic<std::uint64_t> epoch_{0};            // bumped by every task end and timer, and by the
-                                                     // parks and wakes counted off the workers' tallies
+    std::atomic<std::uint64_t> epoch_{0};            // bumped by every timer, and by the parks and
+                                                     // wakes counted off the workers' tallies
     std::atomic<bool> closing_{false};
     std::mutex groups_mu_;
     std::vector<detail::task_scope*> groups_;  // guarded by groups_mu_: cancelled at destruction
     std::mutex idle_mu_;
-    std::condition_variable idle_;             // notified when live_ drops to 0
+    std::condition_variable idle_;             // notified when no task is live
 };
 
 // Starts a task on the default runtime.

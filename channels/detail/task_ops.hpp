@@ -73,7 +73,7 @@ struct task_resume_handler {
     Awaiter* aw;
 
     using executor_type = asio::any_io_executor;
-    executor_type get_executor() const noexcept { return aw->env->resume_on; }
+    executor_type get_executor() const noexcept { return aw->env->resume_on(); }
     // async_op.hpp: the task's cancellation reaches the operation through
     // the task's env, not through an Asio cancellation slot.
     waiting_operation& waiting_operation_slot() const noexcept { return aw->env->waiting; }
