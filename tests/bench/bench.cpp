@@ -5,6 +5,7 @@
 //
 //   csp_bench [--face=F] [scale] [scenario,scenario,...]   (as every reference program)
 //   csp_bench [--face=F] --list                            (the scenario names, one a line)
+//   CSP_BENCH_WORKERS=N csp_bench ...                      (the task face on N workers)
 //
 //   --face=thread     the thread face under the reference programs' names (default;
 //                     it has no spawn or fanin_timeout)
@@ -213,8 +214,13 @@ struct awaitable_style {
 template <class S>
 using co = typename S::template co<void>;
 
+// One worker per core, or CSP_BENCH_WORKERS of them (to see how a scenario
+// does on one worker, or on more than the cores).
 csp::runtime& rt() {
-    static csp::runtime r;  // default workers: one per core
+    static csp::runtime r([] {
+        const char* w = std::getenv("CSP_BENCH_WORKERS");
+        return w ? static_cast<unsigned>(std::atoi(w)) : 0u;
+    }());
     return r;
 }
 
