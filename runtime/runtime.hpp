@@ -299,7 +299,8 @@ private:
         auto h = t.release();
         h.promise().start_as_root(r);
         // As co_spawn does: from a worker the task runs at once, to its first wait.
-        asio::dispatch(*r.executor, [h] { h.resume(); });
+        if (!r.executor->context().run_now_if_idle([h] { h.resume(); }))
+            asio::dispatch(*r.executor, [h] { h.resume(); });
     }
 
     static void task_ended_native(detail::task_root_env& env, std::exception_ptr e) {

@@ -66,6 +66,35 @@ TEST_CASE("task: ping-pong over unbuffered channels, each value once and in orde
     CHECK(last == 2 * rounds);
 }
 
+TEST_CASE("task: a task started from a task runs at once, to its first wait, before its starter goes on") {
+    csp::runtime rt(2);
+    auto gate = csp::make_chan<long>();  // unbuffered: each child parks on it
+    constexpr long n = 2000;
+    long ran_before_go_returned = 0;  // the parent's
+    std::atomic<long> received{0}, sum{0};
+    rt.go([&]() -> csp::task<> {
+        for (long i = 0; i < n; ++i) {
+            bool started = false;  // written by the child before its first wait only
+            rt.go([&started, &received, &sum, rx = gate.as_receiver()]() -> csp::task<> {
+                started = true;
+                std::optional<long> v = co_await rx.async_recv(use_task);
+                REQUIRE(v);
+                sum.fetch_add(*v, std::memory_order_relaxed);
+                received.fetch_add(1, std::memory_order_relaxed);
+            });
+            if (started) ++ran_before_go_returned;
+        }
+        for (long i = 0; i < n; ++i) {
+            long x = i;
+            co_await gate.async_send(x, use_task);
+        }
+    });
+    rt.wait();
+    CHECK(ran_before_go_returned == n);
+    CHECK(received.load() == n);
+    CHECK(sum.load() == n * (n - 1) / 2);
+}
+
 TEST_CASE("task: 1000 producers, a buffered channel, a task that awaits a task<long>") {
     csp::runtime rt(2);
     auto ch = csp::make_chan<long>(16);
