@@ -102,14 +102,17 @@ namespace detail {
 template <class F>
 concept takes_stop_token = std::invocable<F, std::stop_token>;
 
+// Calls a task's callable, with its scope's stop token if it takes one (a
+// copy of the token is two locked instructions on its shared state, paid
+// only by the callables that ask for it).
 template <class F>
-decltype(auto) invoke_task(F& f, const std::stop_token& st) {
-    if constexpr (takes_stop_token<F>) return f(st);
+decltype(auto) invoke_task(F& f, const task_scope& scope) {
+    if constexpr (takes_stop_token<F>) return f(scope.stop_token());
     else return f();
 }
 
 template <class F>
-using task_result_t = decltype(invoke_task(std::declval<F&>(), std::declval<const std::stop_token&>()));
+using task_result_t = decltype(invoke_task(std::declval<F&>(), std::declval<const task_scope&>()));
 
 template <class T>
 inline constexpr bool is_awaitable_v = false;
@@ -244,12 +247,7 @@ private:
             // The record from the thread's recycling cache, as the frame.
             auto record = std::allocate_shared<detail::callable_task_record<fn>>(
                 asio::recycling_allocator<void>(), fn(std::forward<F>(f)));
-            // The scope's stop token only for a callable that takes one:
-            // a copy is two locked instructions on its shared state.
-            task<void> t = [&] {
-                if constexpr (detail::takes_stop_token<fn>) return (*record->f)(scope.stop_token());
-                else return (*record->f)();
-            }();
+            task<void> t = detail::invoke_task(*record->f, scope);
             start_task(scope, std::move(record), std::move(t));
         } else if constexpr (detail::is_awaitable_v<detail::task_result_t<fn>>) {
             start_coroutine(scope, std::make_shared<detail::task_record>(), fn(std::forward<F>(f)));
@@ -267,9 +265,8 @@ private:
         detail::task_record& r = *record;
         asio::co_spawn(
             *r.executor,
-            [f = std::move(f), st = scope.stop_token()]() mutable {
-                return detail::invoke_task(f, st);
-            },
+            // The scope outlives its tasks (a group waits for them).
+            [f = std::move(f), &scope]() mutable { return detail::invoke_task(f, scope); },
             asio::bind_cancellation_slot(
                 r.signal.slot(), [this, record = std::move(record)](std::exception_ptr e) {
                     record->done = true;
@@ -299,8 +296,7 @@ private:
         auto h = t.release();
         h.promise().start_as_root(r);
         // As co_spawn does: from a worker the task runs at once, to its first wait.
-        if (!r.executor->context().run_now_if_idle([h] { h.resume(); }))
-            asio::dispatch(*r.executor, [h] { h.resume(); });
+        asio::dispatch(*r.executor, [h] { h.resume(); });
     }
 
     static void task_ended_native(detail::task_root_env& env, std::exception_ptr e) {
@@ -315,11 +311,11 @@ private:
     void start_plain(detail::task_scope& scope, std::shared_ptr<detail::task_record> record, F f) {
         record->self = record;
         task_started(scope, *record);
-        blocking_.submit([this, record = std::move(record), st = scope.stop_token(),
+        blocking_.submit([this, record = std::move(record), &scope,
                           f = std::make_shared<F>(std::move(f))] {
             std::exception_ptr e;
             try {
-                detail::invoke_task(*f, st);
+                detail::invoke_task(*f, scope);
             } catch (...) {
                 e = std::current_exception();
             }

@@ -1,8 +1,9 @@
 // csp::detail::task_scope — the live tasks of a runtime's root or of one
 // task_group, so that they can be waited for and cancelled together.
 //
-// A task_record lives as long as its task (the task's completion holds the
-// last reference) and, while the task runs, is linked into its scope's list.
+// A task_record lives as long as its task (it holds a reference to itself,
+// `self`, until the task's end) and, while the task runs, is linked into its
+// scope's list.
 // Cancelling a scope requests its stop_source (plain tasks and stop tokens
 // hear that) and posts, to the executor of each coroutine task, its cancel:
 // for an asio::awaitable an emit of asio::cancellation_type::terminal on the
