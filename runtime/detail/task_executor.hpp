@@ -191,10 +191,15 @@ private:
         task_context* const outer = std::exchange(t.current, this);
         std::decay_t<F>(std::forward<F>(f))();
         t.current = outer;
+        if (!end_turn_if_empty()) run_turn();
+    }
+
+    // The holder of the turn gives it up when nothing was queued since it
+    // last looked (running_mark() -> idle); false when something was.
+    bool end_turn_if_empty() noexcept {
         node* expected = running_mark();
-        if (!head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
-                                           std::memory_order_relaxed))
-            run_turn();
+        return head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
+                                             std::memory_order_relaxed);
     }
 
     // True when this push moved the context out of idle: the caller schedules it.
@@ -277,10 +282,7 @@ private:
         for (;;) {
             node* batch = head_.exchange(running_mark(), std::memory_order_acquire);
             if (batch == running_mark()) {
-                node* expected = running_mark();
-                if (head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
-                                                  std::memory_order_relaxed))
-                    break;
+                if (end_turn_if_empty()) break;
                 continue;
             }
             node* fifo = nullptr;
@@ -297,10 +299,7 @@ private:
                 ++ran;
             }
             if (ran >= kMaxHandlers) {
-                node* expected = running_mark();
-                if (!head_.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel,
-                                                   std::memory_order_relaxed))
-                    post_runner(false);
+                if (!end_turn_if_empty()) post_runner(false);
                 break;
             }
         }
