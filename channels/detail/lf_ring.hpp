@@ -21,6 +21,15 @@
 // and a consumer that finds the ring empty with the mark set knows that it
 // stays empty. Values already in the ring are still taken.
 //
+// No fence before a push reports "full" or a pop "empty" (crossbeam has
+// a seq_cst one there): the report is of a moment, and each reader of it
+// already orders itself. One that goes on to wait registers and looks again
+// after its own fence (chan_state.hpp, Dekker's rule); one told by a
+// happens-before that a push (pop) was done reads that claim, or a later
+// one, by coherence. The fence cost every empty poll a drain of the
+// caller's store buffer: a select polls its empty channels on every value
+// (thread face, paired medians of 11: select4 0.79x, buf_spsc 0.89x).
+//
 // T's move constructor must not throw: once a slot is claimed it must be
 // filled (or emptied), or the ring would wait for it forever. Channels of
 // other types keep the ring under their lock (ring.hpp).
@@ -80,7 +89,6 @@ public:
             } else if (stamp + one_lap_ == tail + 1) {
                 // The slot still holds last lap's value: full, unless a
                 // consumer is just taking it.
-                std::atomic_thread_fence(std::memory_order_seq_cst);
                 if (head_.load(std::memory_order_relaxed) + one_lap_ == tail) return result::full_or_empty;
                 backoff(spins);
                 tail = tail_.load(std::memory_order_acquire);
@@ -111,7 +119,6 @@ public:
             } else if (stamp == head) {
                 // Nothing written here yet: empty, unless a producer is
                 // just writing it.
-                std::atomic_thread_fence(std::memory_order_seq_cst);
                 // Acquire: a receiver that reports closed sees everything
                 // done before close() (Go: a close is synchronized before a
                 // receive that returns because the channel is closed).
