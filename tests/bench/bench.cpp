@@ -16,7 +16,7 @@
 //                     pipelines written by hand)
 //   --face=hand       the hand-written csp::task pipelines under the names
 //                     pipeline and pipeline_par, to pair them with
-//                     --face=task in `compare`
+//                     --face=task (tests/bench/run: stage/hand)
 //   --face=all        both faces in one run; a task scenario that the thread
 //                     face also has is printed with the suffix _task
 //
@@ -591,8 +591,8 @@ constexpr std::array awaitable_scenarios{
 };
 
 // --face=hand: the hand-written csp::task pipelines under the stage API's
-// names, so that `compare 'csp_bench --face=task' 'csp_bench --face=hand'`
-// pairs them.
+// names, so that tests/bench/run pairs them with --face=task (and the
+// shared `compare 'csp_bench --face=task' 'csp_bench --face=hand'` does).
 constexpr std::array hand_scenarios{
     scenario{"pipeline", 2'000'000, pipeline_hand<task_style>},
     scenario{"pipeline_par", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
