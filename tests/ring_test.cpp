@@ -1,7 +1,8 @@
 // The lock-free ring of buffered channels (channels/detail/lf_ring.hpp) on
 // its own: FIFO across many laps, full and empty at the exact capacity
-// (non-powers of two included), the close mark, and values taken exactly
-// once, in each producer's order, by concurrent producers and consumers.
+// (non-powers of two included), the close mark, the quick push and pop, and
+// values taken exactly once, in each producer's order, by concurrent
+// producers and consumers.
 
 #include <channels/channels.hpp>
 
@@ -11,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "test_support.hpp"
@@ -86,31 +88,62 @@ TEST_CASE("lf_ring: after close, pushes are refused and the values already in ar
     CHECK_FALSE(out);
 }
 
+TEST_CASE("lf_ring: the quick push and pop report full_or_empty where the exact ones would tell more") {
+    lf_ring<int> r(2);
+    std::optional<int> out;
+    CHECK(r.quick_pop(out) == result::full_or_empty);  // empty
+    CHECK_FALSE(out);
+    int a = 1, b = 2, c = 3;
+    REQUIRE(r.quick_push(a) == result::ok);
+    REQUIRE(r.quick_push(b) == result::ok);
+    CHECK(r.quick_push(c) == result::full_or_empty);  // full
+    CHECK(r.push(c) == result::full_or_empty);
+    CHECK(c == 3);
+    REQUIRE(r.quick_pop(out) == result::ok);
+    CHECK(*out == 1);
+    REQUIRE(r.quick_push(c) == result::ok);  // the slot just taken is free again
+    r.close();
+    CHECK(r.quick_push(a) == result::closed);  // the close mark needs no look at head_
+    out.reset();
+    REQUIRE(r.quick_pop(out) == result::ok);
+    CHECK(*out == 2);
+    out.reset();
+    REQUIRE(r.quick_pop(out) == result::ok);
+    CHECK(*out == 3);
+    out.reset();
+    // Closed and drained: only the exact pop, which reads tail_, says so.
+    CHECK(r.quick_pop(out) == result::full_or_empty);
+    CHECK(r.pop(out) == result::closed);
+    CHECK_FALSE(out);
+}
+
 TEST_CASE("lf_ring: concurrent producers and consumers take every value once, in each producer's order") {
     constexpr int kProducers = 4, kConsumers = 4;
     const int per = 20000 * csp_test::stress_iters();
-    for (std::size_t cap : {1u, 3u, 64u}) {
+    for (const auto& [cap, quick] :
+         {std::pair{1u, false}, {3u, false}, {64u, false}, {1u, true}, {3u, true}, {64u, true}}) {
         CAPTURE(cap);
+        CAPTURE(quick);
         lf_ring<int> r(cap);
         std::vector<std::vector<int>> got(kConsumers);
         std::array<int, kConsumers> order_errors{};
         {
             std::vector<std::jthread> ts;
             for (int p = 0; p < kProducers; ++p)
-                ts.emplace_back([&r, p, per] {
+                ts.emplace_back([&r, p, per, quick = quick] {
                     for (int i = 0; i < per; ++i) {
                         int v = p * per + i;
-                        while (r.push(v) != result::ok) std::this_thread::yield();
+                        while ((quick ? r.quick_push(v) : r.push(v)) != result::ok) std::this_thread::yield();
                     }
                 });
             for (int c = 0; c < kConsumers; ++c)
-                ts.emplace_back([&, c] {
+                ts.emplace_back([&, c, quick = quick] {
                     std::array<int, kProducers> last{};
                     last.fill(-1);
                     const int share = kProducers * per / kConsumers;
                     for (int n = 0; n < share;) {
                         std::optional<int> out;
-                        if (r.pop(out) != result::ok) {
+                        if ((quick ? r.quick_pop(out) : r.pop(out)) != result::ok) {
                             std::this_thread::yield();
                             continue;
                         }

@@ -30,6 +30,18 @@
 // caller's store buffer: a select polls its empty channels on every value
 // (thread face, paired medians of 11: select4 0.79x, buf_spsc 0.89x).
 //
+// Two ways to report a slot not yet free (filled). push() and pop() are
+// exact: they look at the other end's index to tell "full" ("empty") from
+// a peer that is just emptying (filling) that slot, wait for such a peer,
+// and a pop tells "closed" from "empty". quick_push() and quick_pop() report
+// full_or_empty at once, without reading the other end's index: the line
+// of head_ (tail_) belongs to the consumers' (producers') core, and a read
+// from the other core takes it away, so that their next claim, a CAS on
+// it, waits for it to come back. A sender polling a full ring (a receiver
+// an empty one) did that on every poll. The quick report is for callers
+// that make an exact attempt, under the channel's lock, before they
+// conclude anything from it (chan_state.hpp).
+//
 // T's move constructor must not throw: once a slot is claimed it must be
 // filled (or emptied), or the ring would wait for it forever. Channels of
 // other types keep the ring under their lock (ring.hpp).
@@ -52,6 +64,8 @@ template <class T>
 class lf_ring {
     static_assert(std::is_nothrow_move_constructible_v<T>);
 
+    enum class probe { exact, quick };  // see the top of this file
+
 public:
     enum class result { ok, full_or_empty, closed };
 
@@ -71,7 +85,14 @@ public:
 
     std::size_t capacity() const noexcept { return cap_; }
 
+    // As push and pop, but full_or_empty also while a peer is just emptying
+    // (filling) the slot, and a quick_pop reports a closed, drained ring as
+    // full_or_empty.
+    result quick_push(T& v) noexcept { return push<probe::quick>(v); }
+    result quick_pop(std::optional<T>& out) noexcept { return pop<probe::quick>(out); }
+
     // Moves v into the ring, or reports full or closed (v untouched).
+    template <probe How = probe::exact>
     result push(T& v) noexcept {
         std::size_t tail = tail_.load(std::memory_order_acquire);
         for (int spins = 0;; ++spins) {
@@ -89,7 +110,8 @@ public:
             } else if (stamp + one_lap_ == tail + 1) {
                 // The slot still holds last lap's value: full, unless a
                 // consumer is just taking it.
-                if (head_.load(std::memory_order_relaxed) + one_lap_ == tail) return result::full_or_empty;
+                if (How == probe::quick || head_.load(std::memory_order_relaxed) + one_lap_ == tail)
+                    return result::full_or_empty;
                 backoff(spins);
                 tail = tail_.load(std::memory_order_acquire);
             } else {
@@ -101,6 +123,7 @@ public:
     }
 
     // Moves the oldest value into `out`, or reports empty or closed-and-empty.
+    template <probe How = probe::exact>
     result pop(std::optional<T>& out) noexcept {
         std::size_t head = head_.load(std::memory_order_relaxed);
         for (int spins = 0;; ++spins) {
@@ -119,6 +142,7 @@ public:
             } else if (stamp == head) {
                 // Nothing written here yet: empty, unless a producer is
                 // just writing it.
+                if (How == probe::quick) return result::full_or_empty;
                 // Acquire: a receiver that reports closed sees everything
                 // done before close() (Go: a close is synchronized before a
                 // receive that returns because the channel is closed).
