@@ -472,7 +472,9 @@ private:
     // hand-over to waiters if any registered (see the top of this file).
     // send_fast and recv_fast report `blocked` exactly, for callers that
     // conclude from it: try_send (would_block) and select's pass 0, where a
-    // blocked case sends the select to the locks of pass 1.
+    // blocked case sends the select to the locks of pass 1 (with the quick
+    // report there, paired medians of 9: select4 1.07x slower on the task
+    // face, 1.14x on the thread face).
     poll send_fast(T& v) { return after_lock_free(lf().push(v), receivers_, &chan_state::kick_locked); }
     poll recv_fast(std::optional<T>& out) {
         return after_lock_free(lf().pop(out), senders_, &chan_state::refill_locked);
