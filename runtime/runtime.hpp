@@ -288,6 +288,9 @@ private:
         r.post_completion = [](detail::task_env& env, detail::direct_completion& c) {
             static_cast<detail::native_task_record&>(env).executor->context().post_continuation(c);
         };
+        r.post_behind = [](detail::task_env& env, detail::direct_completion& c) {
+            static_cast<detail::native_task_record&>(env).executor->context().post_behind(c);
+        };
         r.rt = this;
         r.ended = &runtime::task_ended_native;
         r.on_cancel = &detail::cancel_native_task;

@@ -38,6 +38,11 @@ struct task_env {
     // completion reaches the task without going through Asio's executor
     // properties. Any thread may call it.
     void (*post_completion)(task_env&, direct_completion&) = nullptr;
+    // Called by the running task: queues c on the task's own queue and has
+    // the task give its worker back once the current handler returns, so that
+    // c runs after the work already waiting for the runtime's workers (a
+    // yield). Null where the executor has no such queue.
+    void (*post_behind)(task_env&, direct_completion&) = nullptr;
     // The operation that waits now, if any: at most one operation of a
     // task waits at a time.
     waiting_operation waiting;

@@ -99,6 +99,19 @@ public:
         if (push(&c)) schedule(false, true);
     }
 
+    // From a handler of this context (the running task): queues c and ends
+    // the turn once that handler returns, with the runner posted behind
+    // what the io_context already has queued, as after kMaxHandlers. From
+    // elsewhere it is post_continuation.
+    void post_behind(direct_completion& c) {
+        if (!running_in_this_thread()) {
+            post_continuation(c);
+            return;
+        }
+        yield_requested_ = true;
+        push(&c);  // the turn is held here, so this does not schedule
+    }
+
 private:
     static constexpr int kMaxChain = 64;     // runnext hand-offs before the io_context gets the thread back
     static constexpr int kMaxHandlers = 64;  // handlers of one context per turn
@@ -280,6 +293,11 @@ private:
         task_context* const outer = std::exchange(t.current, this);
         int ran = 0;
         for (;;) {
+            if (yield_requested_) {  // post_behind: something is queued, so the turn goes on later
+                yield_requested_ = false;
+                if (!end_turn_if_empty()) post_runner(false);
+                break;
+            }
             node* batch = head_.exchange(running_mark(), std::memory_order_acquire);
             if (batch == running_mark()) {
                 if (end_turn_if_empty()) break;
@@ -322,6 +340,7 @@ private:
     asio::detail::io_context_impl& scheduler_;
     runner_op runner_{this};
     std::atomic<node*> head_{nullptr};
+    bool yield_requested_ = false;  // set by post_behind, read by run_turn: only by the turn's holder
     node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
 };
 
