@@ -50,10 +50,16 @@ struct initiate_chan_op {
     }
 };
 
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_null_channel(const char* op) {
+    throw error(std::string("csp: ") + op + " on a null channel");
+}
+
+// Out of line, the message's string building kept this check from being
+// inlined into every operation.
 template <class T>
 const std::shared_ptr<chan_state<T>>& live_shared(const std::shared_ptr<chan_state<T>>& s,
                                                   const char* op) {
-    if (!s) throw error(std::string("csp: ") + op + " on a null channel");
+    if (!s) [[unlikely]] throw_null_channel(op);
     return s;
 }
 

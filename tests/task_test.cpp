@@ -152,6 +152,107 @@ TEST_CASE("task: a send on a closed channel throws errc::closed and keeps the ca
     CHECK(kept);
 }
 
+// A send that finds the ring full gives its worker back once and tries
+// again before it waits (task_ops.hpp). Whatever runs in between (a
+// receive, a close, the task's own cancellation) decides the second
+// attempt. On one worker, the task readied by the hand-over on `go` runs
+// before the second attempt; in any order, the results are the same.
+TEST_CASE("task: a send that found the ring full goes through once a receive between its attempts makes room") {
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<std::unique_ptr<int>>(1);
+    ch.send(std::make_unique<int>(1));  // full
+    auto go = csp::make_chan<int>();
+    int drained = 0;
+    rt.go([&]() -> csp::task<> {
+        (void)co_await go.async_recv(use_task);
+        auto v = ch.try_recv();  // the room the sender's second attempt finds
+        drained = v ? **v : -1;
+    });
+    bool sent = false, moved = false;
+    rt.go([&]() -> csp::task<> {
+        co_await go.async_send(0, use_task);
+        auto p = std::make_unique<int>(2);
+        co_await ch.async_send(p, use_task);
+        sent = true;
+        moved = !p;
+    });
+    rt.wait();
+    CHECK(drained == 1);
+    CHECK(sent);
+    CHECK(moved);
+    auto v = ch.try_recv();
+    REQUIRE(v);
+    CHECK(**v == 2);
+    CHECK(ch.try_recv().state() == csp::status::would_block);  // sent once
+}
+
+TEST_CASE("task: a send that found the ring full throws errc::closed and keeps its value when a close comes between its attempts") {
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<std::unique_ptr<int>>(1);
+    ch.send(std::make_unique<int>(1));  // full
+    auto go = csp::make_chan<int>();
+    rt.go([&]() -> csp::task<> {
+        (void)co_await go.async_recv(use_task);
+        ch.close();
+    });
+    bool closed = false, kept = false;
+    rt.go([&]() -> csp::task<> {
+        co_await go.async_send(0, use_task);
+        auto p = std::make_unique<int>(2);
+        try {
+            co_await ch.async_send(p, use_task);
+        } catch (const std::system_error& e) {
+            closed = e.code() == csp::errc::closed;
+        }
+        kept = p && *p == 2;
+    });
+    rt.wait();
+    CHECK(closed);
+    CHECK(kept);
+    auto v = ch.try_recv();  // the value sent before the close is still received
+    REQUIRE(v);
+    CHECK(**v == 1);
+    CHECK(ch.try_recv().state() == csp::status::closed);
+}
+
+TEST_CASE("task: a send cancelled between its first attempt on a full ring and its second throws operation_aborted and sends nothing") {
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<std::unique_ptr<int>>(1);
+    ch.send(std::make_unique<int>(1));  // full
+    auto outcome = csp::make_chan<int>(1);
+    bool kept = false;
+    {
+        csp::task_group g(rt);
+        g.go([&]() -> csp::task<> {
+            auto p = std::make_unique<int>(2);
+            // The cancellation reaches this task as a handler queued on its
+            // own queue, ahead of the send's second attempt: the send finds
+            // the ring full, gives the worker back, and is cancelled before
+            // it tries again or waits.
+            g.cancel();
+            int r = 0;
+            try {
+                co_await ch.async_send(p, use_task);
+                r = 1;
+            } catch (const std::system_error& e) {
+                r = aborted(e) ? 2 : 3;
+            }
+            kept = p && *p == 2;
+            (void)outcome.try_send(r);
+        });
+        // Bounded, so that a send left waiting fails the test instead of hanging it.
+        auto r = outcome.recv_for(std::chrono::seconds(30));
+        REQUIRE(r);
+        CHECK(*r == 2);
+        g.wait();
+    }
+    CHECK(kept);
+    auto v = ch.try_recv();
+    REQUIRE(v);
+    CHECK(**v == 1);
+    CHECK(ch.try_recv().state() == csp::status::would_block);  // nothing else was sent
+}
+
 TEST_CASE("task: async_select with use_task: ready at once, after a wait, by timeout, and a handler's exception") {
     csp::runtime rt(2);
     auto a = csp::make_chan<int>(), b = csp::make_chan<int>(1), first_done = csp::make_chan<int>();
