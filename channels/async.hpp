@@ -54,8 +54,8 @@ struct initiate_chan_op {
     throw error(std::string("csp: ") + op + " on a null channel");
 }
 
-// Out of line, the message's string building kept this check from being
-// inlined into every operation.
+// The message is built in a cold function of its own: built here, it kept
+// this check, run by every asynchronous operation, from being inlined.
 template <class T>
 const std::shared_ptr<chan_state<T>>& live_shared(const std::shared_ptr<chan_state<T>>& s,
                                                   const char* op) {
