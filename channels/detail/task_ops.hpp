@@ -141,16 +141,11 @@ public:
     // As the receive's.
     bool await_ready() {
         chan_state<T>& ch = **ch_;
-        switch (ch.send_now_or_wait(value(), [&](wake_list& woken) {
+        return settled(ch.send_now_or_wait(value(), [&](wake_list& woken) {
             async_chan_op<T, handler, send_kind<T, false>>::start_waiting_locked(handler{this}, ch, woken,
                                                                                  &value());
             registered_ = true;
-        })) {
-            case poll::done: return true;
-            case poll::closed: ec_ = make_error_code(errc::closed); return true;
-            case poll::blocked: break;
-        }
-        return false;
+        }));
     }
     // A send that found the ring full first gives its worker back once and
     // tries again after the work queued meanwhile (post_behind), and only
@@ -188,6 +183,13 @@ private:
     void set_result(std::error_code ec) { ec_ = ec; }
     void resume() { waiting_.resume(); }
 
+    // An attempt's outcome: true when the send is over (sent, or closed,
+    // which await_resume reports).
+    bool settled(poll p) {
+        if (p == poll::closed) ec_ = make_error_code(errc::closed);
+        return p != poll::blocked;
+    }
+
     void wait() { async_chan_op<T, handler, send_kind<T, false>>::start_borrowed(handler{this}, **ch_, &value()); }
 
     // After the yield, on the task's queue: the second attempt, then the wait.
@@ -197,11 +199,8 @@ private:
             waiting_.resume();
             return;
         }
-        switch ((*ch_)->send_now(value())) {
-            case poll::done: waiting_.resume(); return;
-            case poll::closed: ec_ = make_error_code(errc::closed); waiting_.resume(); return;
-            case poll::blocked: wait(); return;
-        }
+        if (settled((*ch_)->send_now(value()))) waiting_.resume();
+        else wait();
     }
 
     struct retry_node : direct_completion {

@@ -295,7 +295,7 @@ private:
         for (;;) {
             if (yield_requested_) {  // post_behind: something is queued, so the turn goes on later
                 yield_requested_ = false;
-                if (!end_turn_if_empty()) post_runner(false);
+                requeue_turn();
                 break;
             }
             node* batch = head_.exchange(running_mark(), std::memory_order_acquire);
@@ -317,11 +317,17 @@ private:
                 ++ran;
             }
             if (ran >= kMaxHandlers) {
-                if (!end_turn_if_empty()) post_runner(false);
+                requeue_turn();
                 break;
             }
         }
         t.current = outer;
+    }
+
+    // Ends the turn, or, when handlers are queued, posts the runner behind
+    // what the io_context already has queued to run them later.
+    void requeue_turn() {
+        if (!end_turn_if_empty()) post_runner(false);
     }
 
     // A runner destroyed unrun (the io_context shut down with it queued):
