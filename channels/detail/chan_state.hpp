@@ -25,7 +25,10 @@
 //     (senders) with a seq_cst load; if any, it takes the lock and hands
 //     over the same way.
 // Either the pusher sees the registration or the registrant sees the claim
-// (the ring's hints count claims: lf_ring::has_value, has_room); a claimed
+// (the ring's hints count claims: lf_ring::has_value, has_room). A ring end
+// owned by one thread (ring_owner.hpp) claims with a plain store, no CAS:
+// the registrant's hints first take such an end back through a process-wide
+// barrier, which orders the owner's claims and reads with its own; a claimed
 // value still being written is waited for by the pop that hands it over.
 // A waiter claimed for a value that a lock-free party took first is woken
 // with outcome::retry and runs its operation again.
@@ -94,9 +97,9 @@ struct lf_ring_of<T, false> {
         result quick_pop(std::optional<T>&) noexcept { return result::full_or_empty; }
         bool close() noexcept { return false; }
         void wait_for_claimed_pushes() const noexcept {}
-        bool has_value() const noexcept { return false; }
-        bool has_room() const noexcept { return false; }
-        std::size_t size() const noexcept { return 0; }
+        bool has_value() noexcept { return false; }
+        bool has_room() noexcept { return false; }
+        std::size_t size() noexcept { return 0; }
         std::size_t capacity() const noexcept { return 0; }
     };
 };

@@ -42,6 +42,15 @@
 // that make an exact attempt, under the channel's lock, before they
 // conclude anything from it (chan_state.hpp).
 //
+// Owned ends (ring_owner.hpp). An end that one thread has used alone for a
+// while becomes that thread's: kOwned is set in its index, and the owner
+// claims with a plain store of the index instead of the CAS (positions are
+// read with kOwned masked off). Any other thread that finds kOwned set
+// revokes the ownership before it claims, and so do has_value(),
+// has_room() and size() (settle()) for an end owned by another thread,
+// which keeps them exact enough for Dekker's rule in chan_state.hpp; close()
+// revokes the tail, whose mark an owner's store would otherwise overwrite.
+//
 // T's move constructor must not throw: once a slot is claimed it must be
 // filled (or emptied), or the ring would wait for it forever. Channels of
 // other types keep the ring under their lock (ring.hpp).
@@ -57,6 +66,7 @@
 #include <utility>
 
 #include "parker.hpp"  // CSP_CPU_RELAX()
+#include "ring_owner.hpp"
 
 namespace csp::detail {
 
@@ -79,6 +89,8 @@ public:
     lf_ring(const lf_ring&) = delete;
     lf_ring& operator=(const lf_ring&) = delete;
     ~lf_ring() {
+        head_owner_.forget(head_);
+        tail_owner_.forget(tail_);
         std::optional<T> drop;
         while (pop(drop) == result::ok) drop.reset();
     }
@@ -96,22 +108,39 @@ public:
     result push(T& v) noexcept {
         std::size_t tail = tail_.load(std::memory_order_acquire);
         for (int spins = 0;; ++spins) {
+            if (tail & kOwned) {  // ring_owner.hpp
+                owner_token& me = this_thread_owner_token();
+                std::size_t pos = 0, stamp = 0;
+                slot* s = nullptr;
+                if (tail_owner_.is(me) && tail_owner_.claim_owned(me, [&] {
+                        pos = tail_.load(std::memory_order_relaxed) & ~kOwned;
+                        const std::size_t index = pos & (mark_bit_ - 1);
+                        s = &slots_[index];
+                        stamp = s->stamp.load(std::memory_order_acquire);
+                        if (stamp == pos) tail_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+                    }) && stamp == pos)
+                    return write(*s, pos, v);
+                if (const std::optional<result> r = push_owned<How>(v)) return *r;
+                tail = tail_.load(std::memory_order_acquire);
+                continue;
+            }
             if (tail & mark_bit_) return result::closed;
             const std::size_t index = tail & (mark_bit_ - 1);
             slot& s = slots_[index];
             const std::size_t stamp = s.stamp.load(std::memory_order_acquire);
             if (stamp == tail) {
-                if (tail_.compare_exchange_weak(tail, advance(tail, index), std::memory_order_seq_cst,
-                                                std::memory_order_acquire)) {
-                    ::new (static_cast<void*>(s.bytes)) T(std::move(v));
-                    s.stamp.store(tail + 1, std::memory_order_release);
-                    return result::ok;
+                const std::size_t next = advance(tail, index);
+                if (index != 0) [[likely]] {
+                    if (tail_.compare_exchange_weak(tail, next, std::memory_order_seq_cst, std::memory_order_acquire))
+                        return write(s, tail, v);
+                } else {
+                    if (claim_at_lap(tail_, tail_owner_, tail, next)) return write(s, tail, v);
+                    tail = tail_.load(std::memory_order_acquire);
                 }
             } else if (stamp + one_lap_ == tail + 1) {
                 // The slot still holds last lap's value: full, unless a
                 // consumer is just taking it.
-                if (How == probe::quick || head_.load(std::memory_order_relaxed) + one_lap_ == tail)
-                    return result::full_or_empty;
+                if (How == probe::quick || is_full(tail)) return result::full_or_empty;
                 backoff(spins);
                 tail = tail_.load(std::memory_order_acquire);
             } else {
@@ -127,28 +156,39 @@ public:
     result pop(std::optional<T>& out) noexcept {
         std::size_t head = head_.load(std::memory_order_relaxed);
         for (int spins = 0;; ++spins) {
+            if (head & kOwned) {
+                owner_token& me = this_thread_owner_token();
+                std::size_t pos = 0, stamp = 0;
+                slot* s = nullptr;
+                if (head_owner_.is(me) && head_owner_.claim_owned(me, [&] {
+                        pos = head_.load(std::memory_order_relaxed) & ~kOwned;
+                        const std::size_t index = pos & (mark_bit_ - 1);
+                        s = &slots_[index];
+                        stamp = s->stamp.load(std::memory_order_acquire);
+                        if (stamp == pos + 1) head_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+                    }) && stamp == pos + 1)
+                    return read(*s, pos, out);
+                if (const std::optional<result> r = pop_owned<How>(out)) return *r;
+                head = head_.load(std::memory_order_relaxed);
+                continue;
+            }
             const std::size_t index = head & (mark_bit_ - 1);
             slot& s = slots_[index];
             const std::size_t stamp = s.stamp.load(std::memory_order_acquire);
             if (stamp == head + 1) {
-                if (head_.compare_exchange_weak(head, advance(head, index), std::memory_order_seq_cst,
-                                                std::memory_order_relaxed)) {
-                    T* v = std::launder(reinterpret_cast<T*>(s.bytes));
-                    out.emplace(std::move(*v));
-                    v->~T();
-                    s.stamp.store(head + one_lap_, std::memory_order_release);
-                    return result::ok;
+                const std::size_t next = advance(head, index);
+                if (index != 0) [[likely]] {
+                    if (head_.compare_exchange_weak(head, next, std::memory_order_seq_cst, std::memory_order_relaxed))
+                        return read(s, head, out);
+                } else {
+                    if (claim_at_lap(head_, head_owner_, head, next)) return read(s, head, out);
+                    head = head_.load(std::memory_order_relaxed);
                 }
             } else if (stamp == head) {
                 // Nothing written here yet: empty, unless a producer is
                 // just writing it.
                 if (How == probe::quick) return result::full_or_empty;
-                // Acquire: a receiver that reports closed sees everything
-                // done before close() (Go: a close is synchronized before a
-                // receive that returns because the channel is closed).
-                const std::size_t tail = tail_.load(std::memory_order_acquire);
-                if ((tail & ~mark_bit_) == head)
-                    return tail & mark_bit_ ? result::closed : result::full_or_empty;
+                if (const std::optional<result> r = empty_or_closed(head)) return *r;
                 backoff(spins);
                 head = head_.load(std::memory_order_relaxed);
             } else {
@@ -159,7 +199,12 @@ public:
     }
 
     // Marks the ring closed; true if this call did.
-    bool close() noexcept { return (tail_.fetch_or(mark_bit_, std::memory_order_seq_cst) & mark_bit_) == 0; }
+    // The tail is revoked first, by whichever thread closes: an owner's
+    // plain store would overwrite the mark.
+    bool close() noexcept {
+        tail_owner_.revoke(tail_, this_thread_owner_token());
+        return (tail_.fetch_or(mark_bit_, std::memory_order_seq_cst) & mark_bit_) == 0;
+    }
 
     // After close(): waits until every push that claimed its slot before the
     // mark has written it (a few instructions, unless its thread was
@@ -167,8 +212,11 @@ public:
     // on its way in, and whoever concludes "closed and drained" from that
     // (a close waking the parked receivers) would lose it.
     void wait_for_claimed_pushes() const noexcept {
+        // The tail is not owned (close() revoked it). A stale view of an
+        // owned head only starts the walk at slots already taken, whose
+        // stamps end the wait at once.
         const std::size_t tail = tail_.load(std::memory_order_acquire) & ~mark_bit_;
-        std::size_t pos = head_.load(std::memory_order_acquire);
+        std::size_t pos = head_.load(std::memory_order_acquire) & ~kOwned;
         while (pos != tail) {
             const std::size_t index = pos & (mark_bit_ - 1);
             // A stamp still equal to pos: claimed, not yet written. Written
@@ -185,21 +233,30 @@ public:
     // written), a slot whose pop has claimed it counts as free (a push waits
     // until it is emptied). That is what makes the claim, a seq_cst CAS, the
     // store of the Dekker pair in chan_state.hpp, with no fence after it.
-    bool has_value() const noexcept {
-        const std::size_t head = head_.load(std::memory_order_acquire);
-        return (tail_.load(std::memory_order_acquire) & ~mark_bit_) != head;
+    // An end owned by another thread is revoked first (settle()): its
+    // owner's plain stores are then seen, and its later claims are CASes.
+    bool has_value() noexcept {
+        settle();
+        const std::size_t head = head_.load(std::memory_order_acquire) & ~kOwned;
+        return (tail_.load(std::memory_order_acquire) & ~(mark_bit_ | kOwned)) != head;
     }
-    bool has_room() const noexcept {
+    bool has_room() noexcept {
+        settle();
         const std::size_t tail = tail_.load(std::memory_order_acquire);
         if (tail & mark_bit_) return false;
-        return head_.load(std::memory_order_acquire) + one_lap_ != tail;
+        return (head_.load(std::memory_order_acquire) & ~kOwned) + one_lap_ != (tail & ~kOwned);
     }
 
-    std::size_t size() const noexcept {
+    // Whether an end is owned now (ring_owner.hpp): for tests, a hint as size().
+    bool tail_owned() const noexcept { return (tail_.load(std::memory_order_relaxed) & kOwned) != 0; }
+    bool head_owned() const noexcept { return (head_.load(std::memory_order_relaxed) & kOwned) != 0; }
+
+    std::size_t size() noexcept {
+        settle();
         for (;;) {
-            const std::size_t tail = tail_.load(std::memory_order_seq_cst);
-            const std::size_t head = head_.load(std::memory_order_seq_cst);
-            if (tail_.load(std::memory_order_seq_cst) != tail) continue;
+            const std::size_t tail = tail_.load(std::memory_order_seq_cst) & ~kOwned;
+            const std::size_t head = head_.load(std::memory_order_seq_cst) & ~kOwned;
+            if ((tail_.load(std::memory_order_seq_cst) & ~kOwned) != tail) continue;
             const std::size_t hix = head & (mark_bit_ - 1), tix = tail & (mark_bit_ - 1);
             if (hix < tix) return tix - hix;
             if (hix > tix) return cap_ - hix + tix;
@@ -219,6 +276,124 @@ private:
         return p;
     }
 
+    // A push on an owned tail: the owner's plain claim, or, for another
+    // thread, the revocation. nullopt when the caller must look again (it
+    // revoked, or its ownership was revoked meanwhile). The mark is never
+    // set while the tail is owned: close() revokes first.
+    template <probe How>
+    [[gnu::noinline]] std::optional<result> push_owned(T& v) noexcept {
+        owner_token& me = this_thread_owner_token();
+        if (!tail_owner_.is(me)) {
+            tail_owner_.revoke(tail_, me);
+            return std::nullopt;
+        }
+        for (int spins = 0;; ++spins) {
+            std::size_t pos = 0, stamp = 0;
+            slot* s = nullptr;
+            const bool owned = tail_owner_.claim_owned(me, [&] {
+                pos = tail_.load(std::memory_order_relaxed) & ~kOwned;
+                const std::size_t index = pos & (mark_bit_ - 1);
+                s = &slots_[index];
+                stamp = s->stamp.load(std::memory_order_acquire);
+                if (stamp == pos) tail_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+            });
+            if (!owned) return std::nullopt;
+            if (stamp == pos) return write(*s, pos, v);
+            if (stamp + one_lap_ == pos + 1 && (How == probe::quick || is_full(pos))) return result::full_or_empty;
+            backoff(spins);  // a consumer is just emptying the slot
+        }
+    }
+
+    template <probe How>
+    [[gnu::noinline]] std::optional<result> pop_owned(std::optional<T>& out) noexcept {
+        owner_token& me = this_thread_owner_token();
+        if (!head_owner_.is(me)) {
+            head_owner_.revoke(head_, me);
+            return std::nullopt;
+        }
+        for (int spins = 0;; ++spins) {
+            std::size_t pos = 0, stamp = 0;
+            slot* s = nullptr;
+            const bool owned = head_owner_.claim_owned(me, [&] {
+                pos = head_.load(std::memory_order_relaxed) & ~kOwned;
+                const std::size_t index = pos & (mark_bit_ - 1);
+                s = &slots_[index];
+                stamp = s->stamp.load(std::memory_order_acquire);
+                if (stamp == pos + 1) head_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+            });
+            if (!owned) return std::nullopt;
+            if (stamp == pos + 1) return read(*s, pos, out);
+            if (stamp == pos) {
+                if (How == probe::quick) return result::full_or_empty;
+                if (const std::optional<result> r = empty_or_closed(pos)) return *r;
+            }
+            backoff(spins);  // a producer is just writing the slot
+        }
+    }
+
+    // The shared claim of index 0 (`pos`, one per lap) of an end: a CAS, as
+    // for the other indices, plus the count of laps that one thread began
+    // in a row, by which that thread becomes the end's owner: its claim then
+    // sets kOwned too. Once a lap, so that the claims in between cost no
+    // more than before ownership existed (counting every claim made the
+    // shared claims of a task's channels 1.2x slower). False if the index
+    // moved. `pos` by value: a reference would keep the caller's copy in
+    // memory on every claim, not only at laps (thread face buf_mpmc 1.5x
+    // slower).
+    [[gnu::noinline]] static bool claim_at_lap(std::atomic<std::size_t>& index, ring_owner& owner,
+                                               std::size_t pos, std::size_t next) noexcept {
+        owner_token& me = this_thread_owner_token();
+        if (owner.wants(me) && owner.reserve(me)) {
+            if (index.compare_exchange_strong(pos, next | kOwned, std::memory_order_seq_cst,
+                                              std::memory_order_acquire))
+                return true;
+            owner.cancel_reservation();
+            return false;
+        }
+        if (!index.compare_exchange_strong(pos, next, std::memory_order_seq_cst, std::memory_order_acquire))
+            return false;
+        owner.note_lap(me);
+        return true;
+    }
+
+    result write(slot& s, std::size_t pos, T& v) noexcept {
+        ::new (static_cast<void*>(s.bytes)) T(std::move(v));
+        s.stamp.store(pos + 1, std::memory_order_release);
+        return result::ok;
+    }
+    result read(slot& s, std::size_t pos, std::optional<T>& out) noexcept {
+        T* v = std::launder(reinterpret_cast<T*>(s.bytes));
+        out.emplace(std::move(*v));
+        v->~T();
+        s.stamp.store(pos + one_lap_, std::memory_order_release);
+        return result::ok;
+    }
+
+    // Exact probes: the slot at the tail (`pos`) holds last lap's value;
+    // full unless a consumer has claimed it and is just taking it. A stale
+    // view of a head owned by another thread reports full: true of the
+    // moment the slot was looked at.
+    bool is_full(std::size_t pos) const noexcept {
+        return (head_.load(std::memory_order_relaxed) & ~kOwned) + one_lap_ == pos;
+    }
+    // Nothing is written at the head (`pos`): empty (or closed and drained)
+    // unless a producer has claimed the slot and is just writing it.
+    // Acquire: a receiver that reports closed sees everything done before
+    // close() (Go: a close is synchronized before a receive that returns
+    // because the channel is closed).
+    std::optional<result> empty_or_closed(std::size_t pos) const noexcept {
+        const std::size_t tail = tail_.load(std::memory_order_acquire);
+        if ((tail & ~(mark_bit_ | kOwned)) != pos) return std::nullopt;
+        return tail & mark_bit_ ? result::closed : result::full_or_empty;
+    }
+
+    // Revokes the ends owned by other threads (see has_value()).
+    void settle() noexcept {
+        owner_token& me = this_thread_owner_token();
+        if ((tail_.load(std::memory_order_acquire) & kOwned) && !tail_owner_.is(me)) tail_owner_.revoke(tail_, me);
+        if ((head_.load(std::memory_order_acquire) & kOwned) && !head_owner_.is(me)) head_owner_.revoke(head_, me);
+    }
+
     std::size_t advance(std::size_t pos, std::size_t index) const noexcept {
         return index + 1 < cap_ ? pos + 1 : (pos & ~(one_lap_ - 1)) + one_lap_;
     }
@@ -231,9 +406,12 @@ private:
     }
 
     // Producers write tail_, consumers head_: apart, so that they do not
-    // take the line from each other on every value.
+    // take the line from each other on every value. Each end's owner state
+    // shares its index's line: it is read on every claim of that end.
     alignas(64) std::atomic<std::size_t> head_{0};
+    ring_owner head_owner_;
     alignas(64) std::atomic<std::size_t> tail_{0};
+    ring_owner tail_owner_;
     alignas(64) const std::size_t cap_;
     const std::size_t mark_bit_;
     const std::size_t one_lap_;
