@@ -38,13 +38,19 @@ int pop_value(lf_ring<int>& r) {
     return *out;
 }
 
-TEST_CASE("ring ends used by one thread become its own, and another thread's push and pop take them back in order") {
-    lf_ring<int> r(4);
-    for (int i = 0; i < laps_to_own(4); ++i) {
+// Pushes and pops through r (capacity `cap`) on this thread alone, long
+// enough for it to own both ends; leaves r empty.
+void use_alone(lf_ring<int>& r, int cap) {
+    for (int i = 0; i < laps_to_own(cap); ++i) {
         int v = i;
         REQUIRE(r.push(v) == result::ok);
         REQUIRE(pop_value(r) == i);
     }
+}
+
+TEST_CASE("ring ends used by one thread become its own, and another thread's push and pop take them back in order") {
+    lf_ring<int> r(4);
+    use_alone(r, 4);
     if (owning_works()) {
         CHECK(r.tail_owned());
         CHECK(r.head_owned());
@@ -69,11 +75,7 @@ TEST_CASE("ring ends used by one thread become its own, and another thread's pus
 
 TEST_CASE("a ring closed by another thread while its tail is owned refuses the owner's next push") {
     lf_ring<int> r(8);
-    for (int i = 0; i < laps_to_own(8); ++i) {
-        int v = i;
-        REQUIRE(r.push(v) == result::ok);
-        REQUIRE(pop_value(r) == i);
-    }
+    use_alone(r, 8);
     CHECK(r.tail_owned() == owning_works());
     for (int v : {7, 8}) REQUIRE(r.push(v) == result::ok);
     std::thread([&] { CHECK(r.close()); }).join();
@@ -89,11 +91,7 @@ TEST_CASE("a ring closed by another thread while its tail is owned refuses the o
 
 TEST_CASE("the owner itself closing its ring, and the ring's size and hints seen from another thread") {
     lf_ring<int> r(3);
-    for (int i = 0; i < laps_to_own(3); ++i) {
-        int v = i;
-        REQUIRE(r.push(v) == result::ok);
-        REQUIRE(pop_value(r) == i);
-    }
+    use_alone(r, 3);
     for (int v : {1, 2}) REQUIRE(r.push(v) == result::ok);
     std::thread([&] {
         CHECK(r.size() == 2);  // revokes both ends: the owner's claims are seen
