@@ -174,7 +174,7 @@ public:
                     if (stamp == pos + 1) return read(*s, pos, out);
                     // Empty (or closed), told here: a select polls its empty
                     // channels on every value, and the out-of-line path
-                    // would claim again (one worker, select4: 1.5x the time).
+                    // would claim again (one worker, paired: select4 0.93x).
                     if (stamp == pos) {
                         if (How == probe::quick) return result::full_or_empty;
                         if (const std::optional<result> r = empty_or_closed(pos)) return *r;
