@@ -10,6 +10,7 @@
 // skipped.
 
 #include <channels/channels.hpp>
+#include <runtime/csp.hpp>
 
 #include <doctest/doctest.h>
 
@@ -209,6 +210,33 @@ TEST_CASE("stress: threads parked on a channel whose other end is owned are woke
         CHECK(expected == n);
         CHECK(out_of_order == 0);
     }
+}
+
+// A runtime with one worker: its tasks own both ends of their channels;
+// the main thread receives from the last one (registering while the
+// worker owns its tail) and closes the first one's sender side last.
+TEST_CASE("a one-worker runtime's tasks own their channels, and a thread receiving from them gets every value") {
+    const int n = 100000 * csp_test::stress_iters();
+    csp::runtime rt(1);
+    auto first = csp::make_chan<int>(16);
+    auto last = csp::make_chan<long long>(16);
+    rt.go([tx = first.as_sender(), n]() -> csp::task<void> {
+        for (int i = 0; i < n; ++i) co_await tx.async_send(i, csp::use_task);
+        tx.close();
+    });
+    for (int w = 0; w < 3; ++w)
+        rt.go([rx = first.as_receiver(), tx = last.as_closing_sender()]() -> csp::task<void> {
+            while (auto v = co_await rx.async_recv(csp::use_task)) co_await tx.async_send(2LL * *v, csp::use_task);
+        });
+    long long sum = 0;
+    int count = 0;
+    for (long long v : last.as_receiver()) {
+        sum += v;
+        ++count;
+    }
+    rt.wait();
+    CHECK(count == n);
+    CHECK(sum == static_cast<long long>(n) * (n - 1));
 }
 
 }  // namespace
