@@ -64,10 +64,14 @@ public:
     void refer_to(Cases&... cs) noexcept {
         std::size_t i = 0;
         ((ptrs_[i++] = static_cast<case_base*>(&cs)), ...);
+        channel_cases_only_ = sizeof...(Cases) > 0 && (is_channel_case_v<std::remove_cvref_t<Cases>> && ...);
     }
+    // Every case is a send or a receive (select_plan::channel_cases_only).
+    bool channel_cases_only() const noexcept { return channel_cases_only_; }
 
 private:
     std::array<case_base*, N> ptrs_;
+    bool channel_cases_only_ = false;
     std::array<chan_base*, N> locks_;
     std::array<int, N> order_;
 };
@@ -84,6 +88,7 @@ public:
     static constexpr int size() noexcept { return static_cast<int>(N); }
     chan_base** locks() noexcept { return table_.locks(); }
     int* order() noexcept { return table_.order(); }
+    bool channel_cases_only() const noexcept { return table_.channel_cases_only(); }
 
 private:
     void point() noexcept {
@@ -108,6 +113,7 @@ public:
     int size() const noexcept { return static_cast<int>(ptrs_.size()); }
     chan_base** locks() noexcept { return locks_.data(); }
     int* order() noexcept { return order_.data(); }
+    static constexpr bool channel_cases_only() noexcept { return false; }
 
 private:
     std::vector<case_base*> ptrs_;
@@ -121,7 +127,9 @@ private:
 // then does.
 template <class Storage>
 int select_now(Storage& cases, outcome& how) {
-    select_plan plan(cases.cases(), cases.size(), cases.order());
+    select_plan plan = cases.channel_cases_only()
+                           ? select_plan(select_plan::channel_cases_only{}, cases.size(), cases.order())
+                           : select_plan(cases.cases(), cases.size(), cases.order());
     int chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
     if (chosen < 0) {
         wake_list woken;  // destroyed after `held`: wakes run unlocked

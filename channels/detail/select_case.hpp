@@ -184,4 +184,12 @@ struct no_op {
     void operator()() const noexcept {}
 };
 
+// Whether a case type is a send or a receive (known without its kind).
+template <class C>
+inline constexpr bool is_channel_case_v = false;
+template <class T, class F>
+inline constexpr bool is_channel_case_v<recv_case<T, F>> = true;
+template <class T, class F, bool Owned>
+inline constexpr bool is_channel_case_v<send_case<T, F, Owned>> = true;
+
 }  // namespace csp::detail

@@ -57,6 +57,17 @@ struct select_plan {
     bool deadline_pending = false;
     int nlocks_ = -1;  // see lock_count(); -1 until it ran
 
+    // A select whose n > 0 cases are all sends and receives, as known from
+    // their types (argument_cases): nothing to classify, every case polled.
+    // The classifying loop below, a load of each case's kind and a jump per
+    // case, was a tenth of a select over four busy channels: select4 without
+    // it, paired medians of 9-11, 0.93x on the task face, 0.90x on one
+    // worker, 0.90x on the thread face.
+    struct channel_cases_only {};
+    select_plan(channel_cases_only, int n, int* order) noexcept : cases(n), polled(n) {
+        for (int i = 0; i < n; ++i) order[i] = i;
+    }
+
     // Classifies cs[0..n); `order` is a scratch array of n entries.
     select_plan(case_base* const* cs, int n, int* order) : cases(n) {
         if (n == 0) throw error("csp: select with no cases");
@@ -194,9 +205,13 @@ struct select_plan {
 };
 
 // Runs a select over cs[0..n). `locks` and `order` are scratch arrays of n
-// entries. Returns the index of the case whose handler ran.
-inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order) {
-    select_plan plan(cs, n, order);
+// entries. `channel_cases_only`: n > 0 and every case is a send or a
+// receive, as the caller knows from their types. Returns the index of the
+// case whose handler ran.
+inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order,
+                         bool channel_cases_only = false) {
+    select_plan plan = channel_cases_only ? select_plan(select_plan::channel_cases_only{}, n, order)
+                                          : select_plan(cs, n, order);
     const int polled = plan.polled, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &special(cs[timeout]).deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &special(cs[stop]).stop : nullptr;
@@ -241,7 +256,7 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
             lock_set held(locks, plan.lock_count(cs, locks));
             for (int j = 0; j < polled; ++j) cs[order[j]]->dequeue();
         }
-        if (c == timeout || c == stop) {
+        if (c >= 0 && (c == timeout || c == stop)) {  // c >= 0: g++ 12 saw cs[-1] with neither case
             cs[c]->run(outcome::delivered);
             return c;
         }
