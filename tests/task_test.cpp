@@ -186,6 +186,45 @@ TEST_CASE("task: a send that found the ring full goes through once a receive bet
     CHECK(ch.try_recv().state() == csp::status::would_block);  // sent once
 }
 
+TEST_CASE("task: a task whose operations complete at once, with long work between them, lets a task queued behind it run") {
+    // One worker: the second task can run only when the first gives the
+    // worker back. The first never has to suspend (its channel always has
+    // room, then a value), so only the cooperative yield (task.hpp:
+    // awaiter_ref) lets the second in, after a few windows of operations.
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<long>(1);
+    std::atomic<bool> other_ran{false};
+    long ops_before_other_ran = -1;
+    long sum = 0, expected_sum = 0;
+    constexpr long kIterations = 20'000;  // 100 ms of work: far longer than the yield needs
+    rt.go([&]() -> csp::task<> {
+        for (long i = 0; i < kIterations; ++i) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(5);
+            while (std::chrono::steady_clock::now() < until) {  // work between operations, not a wait
+            }
+            co_await ch.async_send(i, use_task);
+            std::optional<long> v = co_await ch.async_recv(use_task);
+            REQUIRE(v);
+            sum += *v;
+            expected_sum += i;
+            if (other_ran.load()) {
+                ops_before_other_ran = 2 * (i + 1);
+                break;
+            }
+        }
+    });
+    rt.go([&]() -> csp::task<> {
+        other_ran = true;
+        co_return;
+    });
+    rt.wait();
+    CHECK(other_ran);
+    REQUIRE(ops_before_other_ran > 0);  // it ran while the first task still worked
+    CHECK(ops_before_other_ran <= 4 * csp::detail::kOpsPerCheck);
+    CHECK(sum == expected_sum);  // every value sent came back, once
+    CHECK(ch.try_recv().state() == csp::status::would_block);
+}
+
 TEST_CASE("task: a send that found the ring full throws errc::closed and keeps its value when a close comes between its attempts") {
     csp::runtime rt(1);
     auto ch = csp::make_chan<std::unique_ptr<int>>(1);

@@ -12,6 +12,8 @@
 
 #include <asio/any_io_executor.hpp>
 
+#include <chrono>
+
 #include "direct_completion.hpp"
 
 namespace csp::detail {
@@ -25,6 +27,10 @@ struct waiting_operation {
     void* op = nullptr;
     void (*cancel)(void* op) noexcept = nullptr;
 };
+
+// Operations completed without suspending between two looks at the clock
+// (runtime/task.hpp: awaiter_ref).
+inline constexpr int kOpsPerCheck = 64;
 
 struct task_env {
     // Where the task's coroutine resumes after an operation that waited
@@ -53,6 +59,12 @@ struct task_env {
     // Set by `co_await csp::ignore_cancellation`: the runtime's
     // cancellation no longer reaches this task.
     bool ignores_cancellation = false;
+    // The cooperative yield of a task whose operations complete without
+    // suspending (runtime/task.hpp: awaiter_ref), kept there: operations
+    // left before the next look at the clock, and when the window of the
+    // last look began (zero: none yet since the task last suspended).
+    int ops_until_check = kOpsPerCheck;
+    std::chrono::steady_clock::time_point window_start{};
 };
 
 }  // namespace csp::detail

@@ -11,7 +11,8 @@
 //                     it has no spawn or fanin_timeout)
 //   --face=task       the task face under the reference programs' names: csp::task
 //                     tasks, the pipelines through the stage API; plus
-//                     pipeline_hand and pipeline_par_hand (written with go())
+//                     pipeline_hand and pipeline_par_hand (written with go()),
+//                     and pipeline_par_cpu (busy parallel workers: see there)
 //   --face=awaitable  the same scenarios with asio::awaitable tasks (the
 //                     pipelines written by hand)
 //   --face=hand       the hand-written csp::task pipelines under the names
@@ -420,6 +421,37 @@ void prepare_par(i64 n) {
     want_par_cache[n] = s;
 }
 
+// pipeline_par_cpu: pipeline_par with work worth parallel workers, a few
+// microseconds of dependent multiplies per value. Not a reference scenario:
+// it shows whether the runtime spreads a stage's busy workers over its
+// threads (on two workers, about half one worker's ns/op), which a
+// scheduler that keeps cheap tasks together must not lose.
+i64 cpu_work(i64 x) {
+    auto u = static_cast<std::uint64_t>(x);
+    for (int i = 0; i < 4000; ++i) u = u * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<i64>(u % par_mod);
+}
+std::map<i64, i64> want_cpu_cache;  // filled outside the timed region
+
+void prepare_cpu(i64 n) {
+    if (want_cpu_cache.count(n)) return;
+    i64 s = 0;
+    for (i64 i = 0; i < n; ++i) s += cpu_work(i);
+    want_cpu_cache[n] = s;
+}
+
+result pipeline_par_cpu(i64 n) {
+    csp::pipeline p(rt());
+    auto src = p.source(std::views::iota(i64{0}, n), 128);
+    auto out = p.map(src, cpu_work, {.workers = 4, .capacity = 128});
+    result r{0, 0, want_cpu_cache.at(n)};
+    p.for_each(out, [&r](i64 v) {
+        r.sum += v;
+        ++r.count;
+    });
+    return r;
+}
+
 // source -> (x+1) -> (x*2) -> (x-1) -> sink; sum of 2(i+1)-1 over i = n^2.
 result pipeline(i64 n) {
     csp::pipeline p(rt());
@@ -574,6 +606,7 @@ constexpr std::array task_scenarios{
     scenario{"fanin_timeout", 1'000'000, fanin_timeout<task_style>},
     scenario{"pipeline_hand", 2'000'000, pipeline_hand<task_style>},
     scenario{"pipeline_par_hand", 2'000'000, pipeline_par_hand<task_style>, prepare_par},
+    scenario{"pipeline_par_cpu", 20'000, pipeline_par_cpu, prepare_cpu},
 };
 
 // --face=awaitable: the same with asio::awaitable tasks, the pipelines
