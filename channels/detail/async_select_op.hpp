@@ -127,9 +127,7 @@ private:
 // then does.
 template <class Storage>
 int select_now(Storage& cases, outcome& how) {
-    select_plan plan = cases.channel_cases_only()
-                           ? select_plan(select_plan::channel_cases_only{}, cases.size(), cases.order())
-                           : select_plan(cases.cases(), cases.size(), cases.order());
+    select_plan plan = select_plan::of(cases.cases(), cases.size(), cases.order(), cases.channel_cases_only());
     int chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
     if (chosen < 0) {
         wake_list woken;  // destroyed after `held`: wakes run unlocked

@@ -67,6 +67,11 @@ struct select_plan {
     select_plan(channel_cases_only, int n, int* order) noexcept : cases(n), polled(n) {
         for (int i = 0; i < n; ++i) order[i] = i;
     }
+    // The plan of cs[0..n): classified, unless the caller knows from the
+    // cases' types that n > 0 and all are sends and receives.
+    static select_plan of(case_base* const* cs, int n, int* order, bool channel_cases_only_known) {
+        return channel_cases_only_known ? select_plan(channel_cases_only{}, n, order) : select_plan(cs, n, order);
+    }
 
     // Classifies cs[0..n); `order` is a scratch array of n entries.
     select_plan(case_base* const* cs, int n, int* order) : cases(n) {
@@ -210,8 +215,7 @@ struct select_plan {
 // case whose handler ran.
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order,
                          bool channel_cases_only = false) {
-    select_plan plan = channel_cases_only ? select_plan(select_plan::channel_cases_only{}, n, order)
-                                          : select_plan(cs, n, order);
+    select_plan plan = select_plan::of(cs, n, order, channel_cases_only);
     const int polled = plan.polled, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &special(cs[timeout]).deadline : nullptr;
     const std::stop_token* stop_token = stop >= 0 ? &special(cs[stop]).stop : nullptr;
