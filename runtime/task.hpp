@@ -93,19 +93,19 @@ struct awaiter_ref {
     bool await_ready() {
         if (!a->await_ready()) return false;
         if (--a->env->ops_until_check > 0) [[likely]] return true;
-        yielding_ = slow_window_ended(*a->env);
-        return !yielding_;
+        return !(a->env->yielding = slow_window_ended(*a->env));
     }
     void await_suspend(std::coroutine_handle<> h) {
         task_env& env = *a->env;
         env.ops_until_check = kOpsPerCheck;  // a new run of operations starts after this suspension
         env.window_start = {};
-        if (!yielding_) {
+        if (!env.yielding) {
             a->await_suspend(h);
             return;
         }
-        resume_later_.task = h;  // the operation is complete: only the resumption waits
-        env.post_behind(env, resume_later_);
+        env.yielding = false;
+        env.resume_later.task = h;  // the operation is complete: only the resumption waits
+        env.post_behind(env, env.resume_later);
     }
     decltype(auto) await_resume() { return a->await_resume(); }
 
@@ -119,17 +119,6 @@ private:
         return start != std::chrono::steady_clock::time_point{} && now - start > kSlowWindow &&
                env.post_behind != nullptr;
     }
-
-    struct resume_node : direct_completion {
-        resume_node() noexcept {
-            finish = [](direct_completion* n, bool run) {
-                if (run) static_cast<resume_node*>(n)->task.resume();
-            };
-        }
-        std::coroutine_handle<> task;
-    };
-    resume_node resume_later_;
-    bool yielding_ = false;
 };
 
 class task_promise_base {
@@ -185,9 +174,11 @@ public:
     // cases, whose every move costs as much as a pass 0 that finds a value.
     // The operand outlives the co_await: it is a temporary of the same
     // full-expression, or the caller's object.
+    // Always inlined: g++ 12 otherwise calls it out of line from a large
+    // coroutine body, a call, a throw check and a return per operation.
     template <class A>
         requires std::is_base_of_v<task_awaiter, std::remove_cvref_t<A>>
-    awaiter_ref<std::remove_reference_t<A>> await_transform(A&& a) const {
+    [[gnu::always_inline]] awaiter_ref<std::remove_reference_t<A>> await_transform(A&& a) const {
         static_assert(!std::is_lvalue_reference_v<A> || !std::remove_cvref_t<A>::refers_to_operands,
                       "co_await csp::async_select(csp::use_task, ...) where it is made: the awaiter "
                       "refers to its cases, temporaries of that expression");

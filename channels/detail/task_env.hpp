@@ -13,6 +13,7 @@
 #include <asio/any_io_executor.hpp>
 
 #include <chrono>
+#include <coroutine>
 
 #include "direct_completion.hpp"
 
@@ -65,6 +66,21 @@ struct task_env {
     // last look began (zero: none yet since the task last suspended).
     int ops_until_check = kOpsPerCheck;
     std::chrono::steady_clock::time_point window_start{};
+    // The yield itself: set by the awaiter's await_ready, which completed
+    // the operation, for its await_suspend, which queues `resume_later`.
+    // Kept here, not in each awaiter, so that an awaiter is a bare pointer
+    // (building the node on every co_await was a few instructions of every
+    // operation); at most one operation of a task is awaited at a time.
+    bool yielding = false;
+    struct resume_node : direct_completion {
+        resume_node() noexcept {
+            finish = [](direct_completion* n, bool run) {
+                if (run) static_cast<resume_node*>(n)->task.resume();
+            };
+        }
+        std::coroutine_handle<> task;
+    };
+    resume_node resume_later;
 };
 
 }  // namespace csp::detail
