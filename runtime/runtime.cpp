@@ -23,10 +23,14 @@ unsigned resolve_workers(unsigned workers) {
 }
 }  // namespace
 
-// The concurrency hint is the number of threads that run the io_context:
-// with one, Asio queues every post made on that thread locally.
+// The io_context is made for one thread (concurrency hint 1) and run by
+// every worker: Asio keeps its locking but then wakes no idle worker for
+// work that a worker queued, and keeps every post made on a worker on that
+// worker's private queue; the task executor decides what goes to another
+// worker (task_executor.hpp: post_runner). Posts from other threads still
+// wake an idle worker.
 runtime::runtime(unsigned workers)
-    : ctx_(static_cast<int>(resolve_workers(workers))),
+    : ctx_(1),
       blocking_([this] { install_thread_hooks(plain_hooks_); }) {
     detail::direct_post_hook.store(&detail::post_direct_to_task, std::memory_order_release);
     // The workers run until the runtime ends: the deadline queue's timer
@@ -81,6 +85,14 @@ thread_local runtime::park_tally* runtime::hooks::this_thread_tally_ = nullptr;
 void runtime::hooks::adopt_on_this_thread(park_tally& tally) noexcept {
     this_thread_owner_ = this;
     this_thread_tally_ = &tally;
+}
+
+void runtime::hooks::thread_blocks() noexcept {
+    if (this_thread_owner_ != this) return;  // not a worker: nothing waits behind this thread
+    try {
+        detail::wake_idle_worker(asio::use_service<asio::detail::io_context_impl>(rt_.ctx_));
+    } catch (...) {  // out of memory for the wake-up: the wait goes on without it
+    }
 }
 
 void runtime::hooks::count(std::ptrdiff_t delta) noexcept {
@@ -153,9 +165,14 @@ bool runtime::workers_idle() {
     const std::size_t n = workers_.size();
     auto st = std::make_shared<probe_state>();
     for (std::size_t i = 0; i < n; ++i) {
-        asio::post(ctx_, [st, n] {
+        asio::post(ctx_, [this, st, n] {
             std::unique_lock l(st->mu);
             if (st->over) return;
+            // Another worker takes the next probe while this one waits:
+            // posts from this thread woke one worker each, but a worker
+            // signalled twice before it woke takes both in turn (runtime's
+            // one-thread mode: it wakes no other for the second).
+            if (st->arrived + 1 < n) detail::wake_idle_worker(asio::use_service<asio::detail::io_context_impl>(ctx_));
             if (++st->arrived == n) st->all_in.notify_all();
             else st->all_in.wait_for(l, 2ms, [&] { return st->over || st->arrived == n; });
             st->over = true;

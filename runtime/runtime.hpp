@@ -214,6 +214,8 @@ private:
         hooks(runtime& rt, std::atomic<std::ptrdiff_t>& parked) : rt_(rt), parked_(parked) {}
         void parked() noexcept override { count(+1); }
         void unparked() noexcept override { count(-1); }
+        // On a worker: another worker runs what is queued meanwhile.
+        void thread_blocks() noexcept override;
         // Gives the calling thread `tally` for what it counts in these hooks.
         void adopt_on_this_thread(park_tally& tally) noexcept;
 
@@ -288,8 +290,8 @@ private:
         r.post_completion = [](detail::task_env& env, detail::direct_completion& c) {
             static_cast<detail::native_task_record&>(env).executor->context().post_continuation(c);
         };
-        r.post_behind = [](detail::task_env& env, detail::direct_completion& c) {
-            static_cast<detail::native_task_record&>(env).executor->context().post_behind(c);
+        r.post_behind = [](detail::task_env& env, detail::direct_completion& c, bool stay_on_worker) {
+            static_cast<detail::native_task_record&>(env).executor->context().post_behind(c, stay_on_worker);
         };
         r.rt = this;
         r.ended = &runtime::task_ended_native;

@@ -105,7 +105,7 @@ struct awaiter_ref {
         }
         env.yielding = false;
         env.resume_later.task = h;  // the operation is complete: only the resumption waits
-        env.post_behind(env, env.resume_later);
+        env.post_behind(env, env.resume_later, false);
     }
     decltype(auto) await_resume() { return a->await_resume(); }
 

@@ -960,3 +960,25 @@ TEST_CASE("a negative capacity throws csp::error") {
     CHECK_THROWS_AS(csp::channel<std::string>(-100), csp::error);
     CHECK_NOTHROW(csp::make_chan<int>(0));
 }
+
+TEST_CASE("a channel's ends count as shared once two different waiters were noted on one end") {
+    // The scheduler's hint (chan_state::ends_shared): one task waiting again
+    // and again, or one task on each end, is not sharing.
+    auto ch = csp::make_chan<int>(4);
+    auto& state = *ch.state();
+    int first = 0, second = 0;
+    state.note_waiting_receiver(&first);
+    state.note_waiting_receiver(&first);
+    state.note_waiting_sender(&second);
+    state.note_waiting_sender(&second);
+    CHECK_FALSE(state.ends_shared());
+    state.note_waiting_sender(&first);
+    CHECK(state.ends_shared());
+    state.note_waiting_sender(&first);  // sticky
+    CHECK(state.ends_shared());
+
+    auto other = csp::make_chan<int>(0);
+    other.state()->note_waiting_receiver(&first);
+    other.state()->note_waiting_receiver(&second);
+    CHECK(other.state()->ends_shared());
+}

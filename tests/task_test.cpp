@@ -402,6 +402,27 @@ TEST_CASE("task: wait() reports a deadlock when every csp::task is parked on a c
     rt.wait();
 }
 
+TEST_CASE("task: two csp::tasks parked to receive on one channel mark its ends as shared; one task alone does not") {
+    csp::runtime rt(2);
+    auto shared = csp::make_chan<int>(8), solo = csp::make_chan<int>(8);
+    std::atomic<int> nothing{0};
+    for (int i = 0; i < 2; ++i)
+        rt.go([&, rx = shared.as_receiver()]() -> csp::task<> {
+            if (co_await rx.async_recv(use_task)) ++nothing;
+        });
+    rt.go([&, rx = solo.as_receiver()]() -> csp::task<> {
+        if (co_await rx.async_recv(use_task)) ++nothing;
+    });
+    // Thrown only once every task is parked: each noted its wait.
+    CHECK_THROWS_AS(rt.wait(), csp::deadlock_error);
+    CHECK(shared.state()->ends_shared());
+    CHECK_FALSE(solo.state()->ends_shared());
+    shared.close();
+    solo.close();
+    rt.wait();
+    CHECK(nothing == 0);
+}
+
 TEST_CASE("task: a callable taking a stop_token, and csp::tasks mixed with asio::awaitable tasks and threads") {
     csp::runtime rt(2);
     auto in = csp::make_chan<long>(8), out = csp::make_chan<long>(8);

@@ -257,6 +257,18 @@ public:
     // A send or receive that completes now or not at all, reporting what it
     // found; peers it completes are woken once the lock is released.
     poll send_now(T& v) { return send_now_or_wait(v, no_wait); }
+
+    // Whether several tasks share an end of this channel: true once two
+    // different tasks (`who`: their env) were seen waiting to send, or two
+    // to receive (a hint for the scheduler, runtime/detail/task_executor.hpp:
+    // tasks that share a ring end are best kept on one worker; where each end
+    // has one task, on two). Noted only where an operation could not complete
+    // at once, so the busy path of the ring never writes these lines; each
+    // note reads before it writes, so one task waiting again and again does
+    // not move the line either. Sticky: once shared, always shared.
+    void note_waiting_sender(const void* who) noexcept { note_waiting(last_waiting_sender_, who); }
+    void note_waiting_receiver(const void* who) noexcept { note_waiting(last_waiting_receiver_, who); }
+    bool ends_shared() const noexcept { return ends_shared_.load(std::memory_order_relaxed); }
     poll recv_now(std::optional<T>& out) { return recv_now_or_wait(out, no_wait); }
 
     // As send_now and recv_now, but on a channel without the lock-free ring
@@ -446,6 +458,12 @@ private:
 
     using ring_result = typename lf_ring_of<T, kLockFreeType>::result;
 
+    void note_waiting(std::atomic<const void*>& last, const void* who) noexcept {
+        if (ends_shared_.load(std::memory_order_relaxed) || last.load(std::memory_order_relaxed) == who) return;
+        const void* before = last.exchange(who, std::memory_order_relaxed);
+        if (before != nullptr && before != who) ends_shared_.store(true, std::memory_order_relaxed);
+    }
+
     bool lock_free() const noexcept {
         if constexpr (kLockFreeType) return lf_.has_value();
         else return false;
@@ -574,6 +592,10 @@ private:
     wait_queue receivers_;    // guarded by mu_
     bool closed_ = false;     // guarded by mu_
     std::atomic<std::size_t> closers_{0};
+    // See ends_shared(); relaxed: a hint, ordered with nothing.
+    std::atomic<const void*> last_waiting_sender_{nullptr};
+    std::atomic<const void*> last_waiting_receiver_{nullptr};
+    std::atomic<bool> ends_shared_{false};
 };
 
 }  // namespace csp::detail

@@ -10,6 +10,10 @@ class park_hooks {
 public:
     virtual void parked() noexcept = 0;
     virtual void unparked() noexcept = 0;
+    // The calling thread is about to block on a channel (any blocking wait,
+    // with or without a way out). A runtime's worker then has another worker
+    // woken for the work queued behind it (runtime.cpp).
+    virtual void thread_blocks() noexcept {}
 
 protected:
     ~park_hooks() = default;

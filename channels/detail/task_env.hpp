@@ -48,8 +48,10 @@ struct task_env {
     // Called by the running task: queues c on the task's own queue and has
     // the task give its worker back once the current handler returns, so that
     // c runs after the work already waiting for the runtime's workers (a
-    // yield). Null where the executor has no such queue.
-    void (*post_behind)(task_env&, direct_completion&) = nullptr;
+    // yield). `stay_on_worker`: the task waits for this worker again, behind
+    // what it has queued, instead of for any worker (an idle one is woken).
+    // Null where the executor has no such queue.
+    void (*post_behind)(task_env&, direct_completion&, bool stay_on_worker) = nullptr;
     // The operation that waits now, if any: at most one operation of a
     // task waits at a time.
     waiting_operation waiting;

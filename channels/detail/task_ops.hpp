@@ -129,6 +129,7 @@ public:
     }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
+        (*ch_)->note_waiting_receiver(env);
         if (!registered_) async_chan_op<T, handler, recv_kind<T>>::start_borrowed(handler{this}, **ch_);
     }
     std::optional<T> await_resume() {
@@ -179,15 +180,22 @@ public:
     // pipeline 0.80x; slower: buf_mpmc 1.6x, pipeline_par 1.16x,
     // fanin_timeout 1.12x (the thread face stays the faster one on the
     // first two). Four yields gained nothing over one. The yielded task
-    // goes to the shared queue; kept on its worker's private queue instead,
-    // buf_mpmc, pipeline_par and fanin_timeout gained (0.83x, 0.76x, 0.92x)
-    // but select4 lost 1.25x and pipeline 1.56x.
+    // goes to the shared queue and wakes an idle worker; kept on its
+    // worker's private queue instead, buf_mpmc, pipeline_par and
+    // fanin_timeout gained (0.83x, 0.76x, 0.92x) but select4 lost 1.25x and
+    // pipeline 1.56x. So it stays on its worker only when several tasks
+    // share the channel's ends (chan_state::ends_shared: a parallel stage's
+    // workers, whose claims on one ring would cross cores), and goes to the
+    // shared queue where each end is one task's (select4's producers, a
+    // chain of stages), which run best a core apart.
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
         if (registered_) return;
         if (env->post_behind) {
             retry_.self = this;
-            env->post_behind(*env, retry_);
+            chan_state<T>& ch = **ch_;
+            ch.note_waiting_sender(env);
+            env->post_behind(*env, retry_, ch.ends_shared());
             return;
         }
         wait();

@@ -63,6 +63,7 @@ inline int wait_claimed(thread_waiter& w, const steady_time* deadline, int timeo
                         const std::stop_token* stop, int stop_case) {
     std::optional<std::stop_callback<stop_claim>> on_stop;
     if (stop && stop->stop_possible()) on_stop.emplace(*stop, stop_claim{&w, stop_case});
+    if (park_hooks* h = current_park_hooks(); h && !w.park().notified()) h->thread_blocks();
     if (deadline && !w.park().park_until(*deadline)) {
         if (w.try_claim(timeout_case)) return timeout_case;
     }

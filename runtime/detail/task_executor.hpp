@@ -103,12 +103,15 @@ public:
     // the turn once that handler returns, with the runner posted behind
     // what the io_context already has queued, as after kMaxHandlers. From
     // elsewhere it is post_continuation.
-    void post_behind(direct_completion& c) {
+    // `stay_on_worker`: the runner goes on this worker's private queue
+    // instead of the shared one, and no idle worker is woken for it.
+    void post_behind(direct_completion& c, bool stay_on_worker) {
         if (!running_in_this_thread()) {
             post_continuation(c);
             return;
         }
         yield_requested_ = true;
+        yield_stays_on_worker_ = stay_on_worker;
         push(&c);  // the turn is held here, so this does not schedule
     }
 
@@ -255,8 +258,27 @@ private:
 
     // Queues this context's runner on the io_context. A continuation stays
     // on this thread's private queue when this is a worker; otherwise it
-    // goes to the shared queue, waking an idle worker.
-    void post_runner(bool continuation) { scheduler_.post_immediate_completion(&runner_, continuation); }
+    // goes to the shared queue and wakes an idle worker.
+    //
+    // The io_context runs in Asio's one-thread mode (runtime.cpp), where a
+    // worker that takes a handler does not wake another for what is still
+    // queued, and every post made on a worker stays on its private queue. So
+    // work moves to another worker only where it is posted here as no
+    // continuation: a task pushed out of runnext by one readied from another
+    // channel, a yield (busy, or a send that found its ring full, unless the
+    // channel's ends are shared), a turn cut at kMaxHandlers. Why: with
+    // Asio's wake-ups, every handler taken with more queued woke the idle
+    // worker, which took the next task, and tasks that share a channel's
+    // ends (a parallel stage's workers: both channels' claims) ran on both
+    // cores, their lines crossing on every value. Without those wake-ups:
+    // pipeline_par 0.68-0.75x in four paired runs of 9-11 rounds (on one
+    // core, as Boost.Fiber's program), select4, pipeline and fanin_timeout
+    // within the machine's noise (0.94-1.06x; fanin_timeout once 1.24x),
+    // and pipeline_par_cpu still on both cores (its yields wake a worker).
+    void post_runner(bool continuation) {
+        if (continuation) scheduler_.post_immediate_completion(&runner_, true);
+        else scheduler_.do_dispatch(&runner_);  // the shared queue, and a wake-up, from any thread
+    }
 
     // Runs `first`, then what its handlers put in this thread's runnext slot,
     // and so on, kMaxChain at most.
@@ -295,7 +317,7 @@ private:
         for (;;) {
             if (yield_requested_) {  // post_behind: something is queued, so the turn goes on later
                 yield_requested_ = false;
-                requeue_turn();
+                requeue_turn(yield_stays_on_worker_);
                 break;
             }
             node* batch = head_.exchange(running_mark(), std::memory_order_acquire);
@@ -326,8 +348,8 @@ private:
 
     // Ends the turn, or, when handlers are queued, posts the runner behind
     // what the io_context already has queued to run them later.
-    void requeue_turn() {
-        if (!end_turn_if_empty()) post_runner(false);
+    void requeue_turn(bool stay_on_worker = false) {
+        if (!end_turn_if_empty()) post_runner(stay_on_worker);
     }
 
     // A runner destroyed unrun (the io_context shut down with it queued):
@@ -346,9 +368,27 @@ private:
     asio::detail::io_context_impl& scheduler_;
     runner_op runner_{this};
     std::atomic<node*> head_{nullptr};
-    bool yield_requested_ = false;  // set by post_behind, read by run_turn: only by the turn's holder
+    // Set by post_behind, read by run_turn: only by the turn's holder.
+    bool yield_requested_ = false;
+    bool yield_stays_on_worker_ = false;
     node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
 };
+
+// Wakes one idle worker of the io_context whose scheduler is `s` (or, with
+// none waiting, interrupts the worker waiting in Asio's reactor), which then
+// runs what waits in the shared queue: for a worker about to be held by
+// something other than a task (a blocking wait), since in Asio's one-thread
+// mode (runtime.cpp) no worker wakes another for queued work by itself. The
+// wake-up is a queued no-op that frees itself.
+inline void wake_idle_worker(asio::detail::io_context_impl& s) {
+    struct wake_op : asio::detail::scheduler_operation {
+        wake_op() noexcept : scheduler_operation(&done) {}
+        static void done(void*, scheduler_operation* op, const asio::error_code&, std::size_t) {
+            delete static_cast<wake_op*>(op);
+        }
+    };
+    s.do_dispatch(new wake_op);
+}
 
 // The executor of a coroutine task (see the top of this file): a pointer to
 // its context and two properties:
