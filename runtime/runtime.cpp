@@ -88,11 +88,7 @@ void runtime::hooks::adopt_on_this_thread(park_tally& tally) noexcept {
 }
 
 void runtime::hooks::thread_blocks() noexcept {
-    if (this_thread_owner_ != this) return;  // not a worker: nothing waits behind this thread
-    try {
-        detail::wake_idle_worker(asio::use_service<asio::detail::io_context_impl>(rt_.ctx_));
-    } catch (...) {  // out of memory for the wake-up: the wait goes on without it
-    }
+    if (this_thread_owner_ == this) detail::wake_idle_worker(rt_.ctx_);  // else not a worker: nothing waits behind it
 }
 
 void runtime::hooks::count(std::ptrdiff_t delta) noexcept {
@@ -172,7 +168,7 @@ bool runtime::workers_idle() {
             // posts from this thread woke one worker each, but a worker
             // signalled twice before it woke takes both in turn (runtime's
             // one-thread mode: it wakes no other for the second).
-            if (st->arrived + 1 < n) detail::wake_idle_worker(asio::use_service<asio::detail::io_context_impl>(ctx_));
+            if (st->arrived + 1 < n) detail::wake_idle_worker(ctx_);
             if (++st->arrived == n) st->all_in.notify_all();
             else st->all_in.wait_for(l, 2ms, [&] { return st->over || st->arrived == n; });
             st->over = true;

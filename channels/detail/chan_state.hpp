@@ -260,12 +260,13 @@ public:
 
     // Whether several tasks share an end of this channel: true once two
     // different tasks (`who`: their env) were seen waiting to send, or two
-    // to receive (a hint for the scheduler, runtime/detail/task_executor.hpp:
-    // tasks that share a ring end are best kept on one worker; where each end
-    // has one task, on two). Noted only where an operation could not complete
-    // at once, so the busy path of the ring never writes these lines; each
-    // note reads before it writes, so one task waiting again and again does
-    // not move the line either. Sticky: once shared, always shared.
+    // to receive; a select's wait is not noted. A hint for the scheduler
+    // (runtime/detail/task_executor.hpp): tasks that share a ring end are
+    // best kept on one worker; where each end has one task, on two. Noted
+    // only where an operation could not complete at once, so the busy path
+    // of the ring never writes these lines; each note reads before it
+    // writes, so one task waiting again and again does not move the line
+    // either. Sticky: once shared, always shared.
     void note_waiting_sender(const void* who) noexcept { note_waiting(last_waiting_sender_, who); }
     void note_waiting_receiver(const void* who) noexcept { note_waiting(last_waiting_receiver_, who); }
     bool ends_shared() const noexcept { return ends_shared_.load(std::memory_order_relaxed); }

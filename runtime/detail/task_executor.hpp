@@ -53,6 +53,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -374,20 +375,23 @@ private:
     node running_mark_;  // a node that is never queued: its address marks "scheduled, empty"
 };
 
-// Wakes one idle worker of the io_context whose scheduler is `s` (or, with
-// none waiting, interrupts the worker waiting in Asio's reactor), which then
-// runs what waits in the shared queue: for a worker about to be held by
-// something other than a task (a blocking wait), since in Asio's one-thread
-// mode (runtime.cpp) no worker wakes another for queued work by itself. The
-// wake-up is a queued no-op that frees itself.
-inline void wake_idle_worker(asio::detail::io_context_impl& s) {
+// Wakes one idle worker of `ctx` (or, with none waiting, interrupts the
+// worker waiting in Asio's reactor), which then runs what waits in the
+// shared queue: for a worker about to be held by something other than a
+// task (a blocking wait), since in Asio's one-thread mode (runtime.cpp) no
+// worker wakes another for queued work by itself. The wake-up is a queued
+// no-op that frees itself; without memory for it, nobody is woken.
+inline void wake_idle_worker(asio::io_context& ctx) noexcept {
     struct wake_op : asio::detail::scheduler_operation {
         wake_op() noexcept : scheduler_operation(&done) {}
         static void done(void*, scheduler_operation* op, const asio::error_code&, std::size_t) {
             delete static_cast<wake_op*>(op);
         }
     };
-    s.do_dispatch(new wake_op);
+    try {
+        if (auto* op = new (std::nothrow) wake_op) asio::use_service<asio::detail::io_context_impl>(ctx).do_dispatch(op);
+    } catch (...) {  // use_service finds the io_context's own scheduler: it does not throw in practice
+    }
 }
 
 // The executor of a coroutine task (see the top of this file): a pointer to
