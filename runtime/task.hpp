@@ -90,7 +90,7 @@ struct awaiter_ref {
     awaiter_ref(A* p) noexcept : a(p) {}
     A* a;
 
-    bool await_ready() {
+    [[gnu::always_inline]] bool await_ready() {
         if (!a->await_ready()) return false;
         if (--a->env->ops_until_check > 0) [[likely]] return true;
         return !(a->env->yielding = slow_window_ended(*a->env));

@@ -109,9 +109,38 @@ TEST_CASE("the owner itself closing its ring, and the ring's size and hints seen
     CHECK(r.pop(out) == result::closed);
 }
 
+TEST_CASE("an owner's try_push and try_pop claim its ends; another thread's leave them owned, to push() and pop()") {
+    lf_ring<int> r(4);
+    use_alone(r, 4);
+    for (int v : {1, 2}) REQUIRE(r.try_push(v) == owning_works());  // at any index, lap starts included
+    if (!owning_works()) return;
+    std::thread([&] {
+        int v = 3;
+        CHECK_FALSE(r.try_push(v));
+        CHECK(v == 3);
+        std::optional<int> out;
+        CHECK_FALSE(r.try_pop(out));
+        CHECK_FALSE(out);
+        CHECK(r.tail_owned());  // nothing revoked
+        CHECK(r.head_owned());
+    }).join();
+    std::optional<int> out;
+    REQUIRE(r.try_pop(out));
+    CHECK(*out == 1);
+    std::thread([&] { CHECK(pop_value(r) == 2); }).join();  // pop() revokes the head
+    CHECK_FALSE(r.head_owned());
+    CHECK(r.tail_owned());
+    out.reset();
+    CHECK_FALSE(r.try_pop(out));  // empty
+    int v = 5;
+    REQUIRE(r.try_push(v));
+    CHECK(pop_value(r) == 5);
+}
+
 // Phases, each a barrier: one producer alone (it comes to own the tail),
 // then both at once (the other revokes), and so on; two consumers pop
-// throughout. Every value arrives once, in its producer's order.
+// throughout, each trying the one-claim way (try_push, try_pop) before the
+// exact one. Every value arrives once, in its producer's order.
 TEST_CASE("stress: producers that take turns owning the tail and contend for it lose nothing") {
     constexpr int kProducers = 2, kConsumers = 2, kBlock = 2048;
     constexpr int kPhases = 6;  // solo 0, both, solo 1, both, solo 0, both
@@ -136,7 +165,7 @@ TEST_CASE("stress: producers that take turns owning the tail and contend for it 
                         if (!solo || (phase / 2) % 2 == p) {
                             for (int i = 0; i < kBlock; ++i) {
                                 int v = p * kMax + sent[static_cast<std::size_t>(p)]++;
-                                while (r.push(v) != result::ok) std::this_thread::yield();
+                                while (!r.try_push(v) && r.push(v) != result::ok) std::this_thread::yield();
                             }
                             total.fetch_add(kBlock, std::memory_order_relaxed);
                         }
@@ -149,7 +178,7 @@ TEST_CASE("stress: producers that take turns owning the tail and contend for it 
                     last.fill(-1);
                     for (;;) {
                         std::optional<int> out;
-                        const result got_one = r.pop(out);
+                        const result got_one = r.try_pop(out) ? result::ok : r.pop(out);
                         if (got_one == result::closed) return;
                         if (got_one != result::ok) {
                             std::this_thread::yield();

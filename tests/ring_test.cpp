@@ -117,6 +117,50 @@ TEST_CASE("lf_ring: the quick push and pop report full_or_empty where the exact 
     CHECK_FALSE(out);
 }
 
+TEST_CASE("lf_ring: try_push and try_pop move a value where one claim can, and otherwise change nothing") {
+    lf_ring<std::unique_ptr<int>> r(3);
+    using res = lf_ring<std::unique_ptr<int>>::result;
+    std::optional<std::unique_ptr<int>> out;
+    CHECK_FALSE(r.try_pop(out));  // empty
+    CHECK_FALSE(out);
+    auto v0 = std::make_unique<int>(0);
+    CHECK_FALSE(r.try_push(v0));  // a lap's first index is left to push(), which counts the laps
+    REQUIRE(v0);
+    REQUIRE(r.push(v0) == res::ok);
+    for (int i : {1, 2}) {
+        auto v = std::make_unique<int>(i);
+        REQUIRE(r.try_push(v));
+        CHECK_FALSE(v);  // moved into the ring
+    }
+    auto extra = std::make_unique<int>(3);
+    CHECK_FALSE(r.try_push(extra));  // full
+    REQUIRE(extra);
+    CHECK(*extra == 3);
+    CHECK(r.size() == 3);
+    CHECK_FALSE(r.try_pop(out));  // the head is at the lap's first index too
+    REQUIRE(r.pop(out) == res::ok);
+    CHECK(**out == 0);
+    for (int i : {1, 2}) {
+        out.reset();
+        REQUIRE(r.try_pop(out));
+        CHECK(**out == i);
+    }
+    out.reset();
+    CHECK_FALSE(r.try_pop(out));  // empty again
+    CHECK(r.size() == 0);
+    REQUIRE(r.push(extra) == res::ok);  // index 0 of the next lap
+    r.close();
+    auto late = std::make_unique<int>(4);
+    CHECK_FALSE(r.try_push(late));  // closed (at index 1: the mark fails the claim)
+    CHECK(late);
+    CHECK(r.push(late) == res::closed);
+    REQUIRE(r.pop(out) == res::ok);
+    CHECK(**out == 3);
+    out.reset();
+    CHECK_FALSE(r.try_pop(out));
+    CHECK(r.pop(out) == res::closed);
+}
+
 TEST_CASE("lf_ring: concurrent producers and consumers take every value once, in each producer's order") {
     constexpr int kProducers = 4, kConsumers = 4;
     const int per = 20000 * csp_test::stress_iters();

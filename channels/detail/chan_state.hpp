@@ -95,6 +95,8 @@ struct lf_ring_of<T, false> {
         result pop(std::optional<T>&) noexcept { return result::full_or_empty; }
         result quick_push(T&) noexcept { return result::full_or_empty; }
         result quick_pop(std::optional<T>&) noexcept { return result::full_or_empty; }
+        bool try_push(T&) noexcept { return false; }
+        bool try_pop(std::optional<T>&) noexcept { return false; }
         bool close() noexcept { return false; }
         void wait_for_claimed_pushes() const noexcept {}
         bool has_value() noexcept { return false; }
@@ -291,6 +293,22 @@ public:
         if (!lock_free()) return locked_or_wait(attempt, wait);
         if (poll p = recv_quick(out); p != poll::blocked) return p;
         return locked_or_wait(attempt, no_wait);  // a sender may wait with the ring empty
+    }
+
+    // The busy path of a task's send or receive, inline in its awaiter
+    // (task_ops.hpp): true when the value went into (came out of) the
+    // lock-free ring; the other side's waiters, if any, are then handed
+    // theirs out of line. False when nothing was done: the caller goes on
+    // with send_now_or_wait (recv_now_or_wait).
+    bool send_at_once(T& v) {
+        if (!lock_free() || !lf().try_push(v)) return false;
+        if (receivers_.count() != 0) [[unlikely]] hand_over(&chan_state::kick_locked);
+        return true;
+    }
+    bool recv_at_once(std::optional<T>& out) {
+        if (!lock_free() || !lf().try_pop(out)) return false;
+        if (senders_.count() != 0) [[unlikely]] hand_over(&chan_state::refill_locked);
+        return true;
     }
 
     // Without the lock, for select's first pass: false when this channel
@@ -521,18 +539,20 @@ private:
     // cost each operation a wait until its slot's stores were visible to
     // the other core.
     poll after_lock_free(ring_result r, const wait_queue& other_side,
-                         void (chan_state::*hand_over)(wake_list&)) {
+                         void (chan_state::*hand_over_locked)(wake_list&)) {
         switch (r) {
             case ring_result::ok: break;
             case ring_result::closed: return poll::closed;
             case ring_result::full_or_empty: return poll::blocked;
         }
-        if (other_side.count() != 0) {
-            wake_list woken(this);
-            std::lock_guard g(mu_);
-            (this->*hand_over)(woken);
-        }
+        if (other_side.count() != 0) hand_over(hand_over_locked);
         return poll::done;
+    }
+
+    [[gnu::noinline]] void hand_over(void (chan_state::*hand_over_locked)(wake_list&)) {
+        wake_list woken(this);
+        std::lock_guard g(mu_);
+        (this->*hand_over_locked)(woken);
     }
 
     // Requires mu_, lock-free ring: values in the ring go to waiting

@@ -103,6 +103,70 @@ public:
     result quick_push(T& v) noexcept { return push<probe::quick>(v); }
     result quick_pop(std::optional<T>& out) noexcept { return pop<probe::quick>(out); }
 
+    // The busy path, inline in a task's channel operation (task_ops.hpp):
+    // one claim, no waiting and no bookkeeping. True when v went into the
+    // ring (out got the oldest value). False changes nothing and says
+    // nothing (full or empty, closed, a slot still in a peer's hands, the
+    // lap's first index and its count, an end another thread owns): the
+    // caller then makes its usual attempt, push() or pop(). Why a path of
+    // its own: push() and pop() carry their loops, the revocation and the
+    // waits, and a function that big saves and restores six registers
+    // around every claim; this one needs none of that.
+    bool try_push(T& v) noexcept {
+        const std::size_t tail = tail_.load(std::memory_order_acquire);
+        if (tail & kOwned) {
+            owner_token* const me = this_thread_token_;
+            if (!me || !tail_owner_.is(*me)) return false;
+            std::size_t pos = 0;
+            slot* s = nullptr;
+            bool claimed = false;
+            tail_owner_.claim_owned(*me, [&] {
+                pos = tail_.load(std::memory_order_relaxed) & ~kOwned;
+                const std::size_t index = pos & (mark_bit_ - 1);
+                s = &slots_[index];
+                claimed = s->stamp.load(std::memory_order_acquire) == pos;
+                if (claimed) tail_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+            });
+            return claimed && (write(*s, pos, v), true);
+        }
+        const std::size_t index = tail & (mark_bit_ - 1);  // the mark, if set, fails the stamp's test
+        slot& s = slots_[index];
+        std::size_t expected = tail;
+        if (index == 0 || s.stamp.load(std::memory_order_acquire) != tail ||
+            !tail_.compare_exchange_strong(expected, advance(tail, index), std::memory_order_seq_cst,
+                                           std::memory_order_relaxed))
+            return false;
+        write(s, tail, v);
+        return true;
+    }
+    bool try_pop(std::optional<T>& out) noexcept {
+        const std::size_t head = head_.load(std::memory_order_relaxed);
+        if (head & kOwned) {
+            owner_token* const me = this_thread_token_;
+            if (!me || !head_owner_.is(*me)) return false;
+            std::size_t pos = 0;
+            slot* s = nullptr;
+            bool claimed = false;
+            head_owner_.claim_owned(*me, [&] {
+                pos = head_.load(std::memory_order_relaxed) & ~kOwned;
+                const std::size_t index = pos & (mark_bit_ - 1);
+                s = &slots_[index];
+                claimed = s->stamp.load(std::memory_order_acquire) == pos + 1;
+                if (claimed) head_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+            });
+            return claimed && (read(*s, pos, out), true);
+        }
+        const std::size_t index = head & (mark_bit_ - 1);
+        slot& s = slots_[index];
+        std::size_t expected = head;
+        if (index == 0 || s.stamp.load(std::memory_order_acquire) != head + 1 ||
+            !head_.compare_exchange_strong(expected, advance(head, index), std::memory_order_seq_cst,
+                                           std::memory_order_relaxed))
+            return false;
+        read(s, head, out);
+        return true;
+    }
+
     // Moves v into the ring, or reports full or closed (v untouched).
     template <probe How = probe::exact>
     result push(T& v) noexcept {

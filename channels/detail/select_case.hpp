@@ -76,6 +76,10 @@ public:
         return ch_ ? ch_->recv_locked(value_, woken) : poll::blocked;
     }
     bool try_unlocked(poll& p) override {
+        if (ch_ && ch_->recv_at_once(value_)) [[likely]] {  // the busy path, inline
+            p = poll::done;
+            return true;
+        }
         if (ch_) return ch_->recv_unlocked(value_, p);
         p = poll::blocked;  // a null channel is never ready
         return true;
@@ -126,6 +130,10 @@ public:
         return ch_ ? ch_->send_locked(value(), woken) : poll::blocked;
     }
     bool try_unlocked(poll& p) override {
+        if (ch_ && ch_->send_at_once(value())) [[likely]] {  // the busy path, inline
+            p = poll::done;
+            return true;
+        }
         if (ch_) return ch_->send_unlocked(value(), p);
         p = poll::blocked;
         return true;

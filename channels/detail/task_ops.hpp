@@ -116,17 +116,13 @@ class task_recv_awaiter : public task_awaiter {
 public:
     explicit task_recv_awaiter(const std::shared_ptr<chan_state<T>>& ch) noexcept : ch_(&ch) {}
 
-    // On a channel without the lock-free ring, an operation that must wait
-    // is registered here, under the lock its attempt took
+    // The busy path (a value taken from the lock-free ring) is inlined in
+    // the task; any other attempt is made out of line. On a channel
+    // without the lock-free ring, an operation that must wait is
+    // registered there, under the lock its attempt took
     // (start_waiting_locked); await_suspend then only records the task,
     // which suspends before the completion can run (it is queued behind it).
-    bool await_ready() {
-        chan_state<T>& ch = **ch_;
-        return ch.recv_now_or_wait(value_, [&](wake_list& woken) {
-            async_chan_op<T, handler, recv_kind<T>>::start_waiting_locked(handler{this}, ch, woken);
-            registered_ = true;
-        }) != poll::blocked;
-    }
+    [[gnu::always_inline]] bool await_ready() { return (*ch_)->recv_at_once(value_) || attempt(); }
     void await_suspend(std::coroutine_handle<> h) {
         waiting_ = h;
         (*ch_)->note_waiting_receiver(env);
@@ -138,6 +134,13 @@ public:
     }
 
 private:
+    [[gnu::noinline]] bool attempt() {
+        chan_state<T>& ch = **ch_;
+        return ch.recv_now_or_wait(value_, [&](wake_list& woken) {
+            async_chan_op<T, handler, recv_kind<T>>::start_waiting_locked(handler{this}, ch, woken);
+            registered_ = true;
+        }) != poll::blocked;
+    }
     void set_result(std::error_code ec, std::optional<T> v) {
         ec_ = ec;
         value_ = std::move(v);
@@ -161,14 +164,7 @@ public:
     task_send_awaiter(const std::shared_ptr<chan_state<T>>& ch, V v) : ch_(&ch), v_(std::move(v)) {}
 
     // As the receive's.
-    bool await_ready() {
-        chan_state<T>& ch = **ch_;
-        return settled(ch.send_now_or_wait(value(), [&](wake_list& woken) {
-            async_chan_op<T, handler, send_kind<T, false>>::start_waiting_locked(handler{this}, ch, woken,
-                                                                                 &value());
-            registered_ = true;
-        }));
-    }
+    [[gnu::always_inline]] bool await_ready() { return (*ch_)->send_at_once(value()) || attempt(); }
     // A send that found the ring full first gives its worker back once and
     // tries again after the work queued meanwhile (post_behind), and only
     // then registers as a waiter. Why: a registered sender costs its
@@ -205,6 +201,14 @@ public:
     }
 
 private:
+    [[gnu::noinline]] bool attempt() {
+        chan_state<T>& ch = **ch_;
+        return settled(ch.send_now_or_wait(value(), [&](wake_list& woken) {
+            async_chan_op<T, handler, send_kind<T, false>>::start_waiting_locked(handler{this}, ch, woken,
+                                                                                 &value());
+            registered_ = true;
+        }));
+    }
     T& value() noexcept {
         if constexpr (std::is_pointer_v<V>) return *v_;
         else return v_;
