@@ -129,7 +129,8 @@ int select(C&&... cases) {
     std::array<detail::chan_base*, n> locks;
     std::array<int, n> order;
     return detail::select_engine(cs.data(), n, locks.data(), order.data(),
-                                 (detail::is_channel_case_v<std::remove_cvref_t<C>> && ...));
+                                 (detail::is_channel_case_v<std::remove_cvref_t<C>> && ...),
+                                 &detail::poll_unlocked_as<std::remove_cvref_t<C>...>);
 }
 
 namespace detail {

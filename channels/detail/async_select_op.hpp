@@ -65,13 +65,17 @@ public:
         std::size_t i = 0;
         ((ptrs_[i++] = static_cast<case_base*>(&cs)), ...);
         channel_cases_only_ = sizeof...(Cases) > 0 && (is_channel_case_v<std::remove_cvref_t<Cases>> && ...);
+        poll0_ = &poll_unlocked_as<std::remove_cvref_t<Cases>...>;
     }
     // Every case is a send or a receive (select_plan::channel_cases_only).
     bool channel_cases_only() const noexcept { return channel_cases_only_; }
+    // Pass 0, knowing the cases' types.
+    int poll_unlocked(select_plan& plan, outcome& how) { return poll0_(plan, ptrs_.data(), order_.data(), how); }
 
 private:
     std::array<case_base*, N> ptrs_;
     bool channel_cases_only_ = false;
+    unlocked_poller poll0_ = &poll_unlocked_virtual;
     std::array<chan_base*, N> locks_;
     std::array<int, N> order_;
 };
@@ -89,6 +93,7 @@ public:
     chan_base** locks() noexcept { return table_.locks(); }
     int* order() noexcept { return table_.order(); }
     bool channel_cases_only() const noexcept { return table_.channel_cases_only(); }
+    int poll_unlocked(select_plan& plan, outcome& how) { return table_.poll_unlocked(plan, how); }
 
 private:
     void point() noexcept {
@@ -114,6 +119,9 @@ public:
     chan_base** locks() noexcept { return locks_.data(); }
     int* order() noexcept { return order_.data(); }
     static constexpr bool channel_cases_only() noexcept { return false; }
+    int poll_unlocked(select_plan& plan, outcome& how) {
+        return poll_unlocked_virtual(plan, ptrs_.data(), order_.data(), how);
+    }
 
 private:
     std::vector<case_base*> ptrs_;
@@ -128,7 +136,7 @@ private:
 template <class Storage>
 int select_now(Storage& cases, outcome& how) {
     select_plan plan = select_plan::of(cases.cases(), cases.size(), cases.order(), cases.channel_cases_only());
-    int chosen = plan.poll_unlocked(cases.cases(), cases.order(), how);
+    int chosen = cases.poll_unlocked(plan, how);
     if (chosen < 0) {
         wake_list woken;  // destroyed after `held`: wakes run unlocked
         lock_set held(cases.locks(), plan.lock_count(cases.cases(), cases.locks()));
@@ -240,7 +248,7 @@ private:
             ~unref() { op->drop_ref(); }
         } keep{this};
         outcome how;
-        int chosen = plan_.poll_unlocked(cases_.cases(), cases_.order(), how);
+        int chosen = cases_.poll_unlocked(plan_, how);
         if (chosen >= 0) {
             this->state.store(chosen, std::memory_order_relaxed);
             this->result = how;

@@ -300,16 +300,17 @@ public:
     // lock-free ring; the other side's waiters, if any, are then handed
     // theirs out of line. False when nothing was done: the caller goes on
     // with send_now_or_wait (recv_now_or_wait).
-    bool send_at_once(T& v) {
+    [[gnu::always_inline]] bool send_at_once(T& v) {
         if (!lock_free() || !lf().try_push(v)) return false;
         if (receivers_.count() != 0) [[unlikely]] hand_over(&chan_state::kick_locked);
         return true;
     }
-    bool recv_at_once(std::optional<T>& out) {
+    [[gnu::always_inline]] bool recv_at_once(std::optional<T>& out) {
         if (!lock_free() || !lf().try_pop(out)) return false;
         if (senders_.count() != 0) [[unlikely]] hand_over(&chan_state::refill_locked);
         return true;
     }
+
 
     // Without the lock, for select's first pass: false when this channel
     // has no lock-free path (its operations need the lock); otherwise the

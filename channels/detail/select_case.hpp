@@ -20,6 +20,19 @@ namespace csp::detail {
 
 enum class case_kind { recv, send, fallback, timeout, stop };
 
+// What a case's attempt without any lock found (select's pass 0):
+// needs_lock when its channel's operations need the lock.
+enum class unlocked_poll { done, closed, blocked, needs_lock };
+
+inline unlocked_poll as_unlocked_poll(poll p) noexcept {
+    switch (p) {
+        case poll::done: return unlocked_poll::done;
+        case poll::closed: return unlocked_poll::closed;
+        case poll::blocked: break;
+    }
+    return unlocked_poll::blocked;
+}
+
 class case_base {
 public:
     explicit case_base(case_kind k) noexcept : kind(k) {}
@@ -29,10 +42,11 @@ public:
     virtual chan_base* channel() const noexcept { return nullptr; }
     // Requires channel()'s lock. Completes the case now if it is ready.
     virtual poll try_now(wake_list&) { return poll::blocked; }
-    // Without any lock: false if the case cannot be tried that way (its
-    // channel's operations need the lock); otherwise completes the case now
-    // if it is ready, with the outcome in `p`.
-    virtual bool try_unlocked(poll&) { return false; }
+    // Without any lock: completes the case now if it is ready. The cases
+    // are final classes: a select that knows their types calls this
+    // directly, and the busy path inlines into it (select_engine.hpp,
+    // poll_unlocked_as).
+    virtual unlocked_poll try_unlocked() { return unlocked_poll::needs_lock; }
     // Requires channel()'s lock.
     virtual void enqueue(waiter&, int) noexcept {}
     // Requires channel()'s lock, after the waiter is registered everywhere
@@ -75,14 +89,10 @@ public:
     poll try_now(wake_list& woken) override {
         return ch_ ? ch_->recv_locked(value_, woken) : poll::blocked;
     }
-    bool try_unlocked(poll& p) override {
-        if (ch_ && ch_->recv_at_once(value_)) [[likely]] {  // the busy path, inline
-            p = poll::done;
-            return true;
-        }
-        if (ch_) return ch_->recv_unlocked(value_, p);
-        p = poll::blocked;  // a null channel is never ready
-        return true;
+    unlocked_poll try_unlocked() override {
+        if (!ch_) return unlocked_poll::blocked;  // a null channel is never ready
+        if (ch_->recv_at_once(value_)) [[likely]] return unlocked_poll::done;  // the busy path
+        return try_unlocked_exactly();
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
@@ -107,6 +117,11 @@ public:
     }
 
 private:
+    [[gnu::noinline]] unlocked_poll try_unlocked_exactly() {
+        poll p;
+        return ch_->recv_unlocked(value_, p) ? as_unlocked_poll(p) : unlocked_poll::needs_lock;
+    }
+
     F f_;
     chan_state<T>* ch_;
     std::optional<T> value_;
@@ -129,14 +144,10 @@ public:
     poll try_now(wake_list& woken) override {
         return ch_ ? ch_->send_locked(value(), woken) : poll::blocked;
     }
-    bool try_unlocked(poll& p) override {
-        if (ch_ && ch_->send_at_once(value())) [[likely]] {  // the busy path, inline
-            p = poll::done;
-            return true;
-        }
-        if (ch_) return ch_->send_unlocked(value(), p);
-        p = poll::blocked;
-        return true;
+    unlocked_poll try_unlocked() override {
+        if (!ch_) return unlocked_poll::blocked;
+        if (ch_->send_at_once(value())) [[likely]] return unlocked_poll::done;  // the busy path
+        return try_unlocked_exactly();
     }
     void enqueue(waiter& w, int index) noexcept override {
         if (!ch_) return;
@@ -159,6 +170,10 @@ private:
         if constexpr (Owned) return v_;
         else return *v_;
     }
+    [[gnu::noinline]] unlocked_poll try_unlocked_exactly() {
+        poll p;
+        return ch_->send_unlocked(value(), p) ? as_unlocked_poll(p) : unlocked_poll::needs_lock;
+    }
     chan_state<T>* ch_;
     stored v_;
     F f_;
@@ -178,9 +193,8 @@ public:
     poll try_now(wake_list&) override {
         return kind == case_kind::stop && stop.stop_requested() ? poll::done : poll::blocked;
     }
-    bool try_unlocked(poll& p) override {
-        p = kind == case_kind::stop && stop.stop_requested() ? poll::done : poll::blocked;
-        return true;
+    unlocked_poll try_unlocked() override {
+        return kind == case_kind::stop && stop.stop_requested() ? unlocked_poll::done : unlocked_poll::blocked;
     }
     void run(outcome) override { std::invoke(f_); }
 

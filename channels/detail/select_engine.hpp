@@ -20,6 +20,9 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "backoff.hpp"
 #include "random.hpp"
@@ -167,18 +170,17 @@ struct select_plan {
     //
     // Draws the random order as it goes; when it returns -1 all of `order`
     // is drawn, for pass 1 and the registrations of pass 2.
-    int poll_unlocked(case_base* const* cs, int* order, outcome& how) {
+    //
+    // `try_case(i)` makes case i's attempt (case_base::try_unlocked).
+    template <class TryCase>
+    int poll_unlocked(int* order, outcome& how, TryCase try_case) {
         for (int j = 0; j < polled; ++j) {
             pick(order, j);
-            poll p;
-            if (!cs[order[j]]->try_unlocked(p)) {
-                shuffle_from(order, j + 1);
-                return -1;
-            }
-            switch (p) {
-                case poll::done: how = outcome::delivered; return order[j];
-                case poll::closed: how = outcome::closed; return order[j];
-                case poll::blocked: break;
+            switch (try_case(order[j])) {
+                case unlocked_poll::done: how = outcome::delivered; return order[j];
+                case unlocked_poll::closed: how = outcome::closed; return order[j];
+                case unlocked_poll::blocked: break;
+                case unlocked_poll::needs_lock: shuffle_from(order, j + 1); return -1;
             }
         }
         return -1;
@@ -209,12 +211,50 @@ struct select_plan {
     }
 };
 
+// Pass 0 over cs[0..n): select_plan::poll_unlocked, with each case's
+// attempt a virtual call, or with cases whose types Cases... are known
+// where the select is written (every case a final class): a direct call,
+// into which the busy path of a channel case inlines. Why: the attempt
+// through the virtual call passed its outcome through memory and paid a
+// call per case. select4 on one worker under callgrind: 47.9 M
+// instructions before, 41.7 M with the direct call, 40.3 M with the
+// same-type path below; thread face, paired medians of 7: 0.89x.
+using unlocked_poller = int (*)(select_plan&, case_base* const*, int*, outcome&);
+
+inline int poll_unlocked_virtual(select_plan& plan, case_base* const* cs, int* order, outcome& how) {
+    return plan.poll_unlocked(order, how, [cs](int i) { return cs[i]->try_unlocked(); });
+}
+
+// Cases of one type (a select over several channels of one type, each
+// case made by one function) share one copy of the attempt: no branch on
+// the case's index, which is drawn at random and would be mispredicted.
+template <class First, class... Rest, std::size_t... I>
+unlocked_poll try_unlocked_as(case_base* const* cs, int i, std::index_sequence<I...>) {
+    if constexpr ((std::is_same_v<First, Rest> && ...)) {
+        return static_cast<First*>(cs[i])->try_unlocked();
+    } else {
+        unlocked_poll r = unlocked_poll::needs_lock;
+        (void)((i == static_cast<int>(I) &&
+                ((r = static_cast<std::tuple_element_t<I, std::tuple<First, Rest...>>*>(cs[I])->try_unlocked()),
+                 true)) ||
+               ...);
+        return r;
+    }
+}
+
+template <class... Cases>
+int poll_unlocked_as(select_plan& plan, case_base* const* cs, int* order, outcome& how) {
+    return plan.poll_unlocked(order, how, [cs](int i) {
+        return try_unlocked_as<Cases...>(cs, i, std::index_sequence_for<Cases...>{});
+    });
+}
+
 // Runs a select over cs[0..n). `locks` and `order` are scratch arrays of n
 // entries. `channel_cases_only`: n > 0 and every case is a send or a
-// receive, as the caller knows from their types. Returns the index of the
-// case whose handler ran.
+// receive, as the caller knows from their types; `poll0`, pass 0 over them.
+// Returns the index of the case whose handler ran.
 inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* order,
-                         bool channel_cases_only = false) {
+                         bool channel_cases_only = false, unlocked_poller poll0 = &poll_unlocked_virtual) {
     select_plan plan = select_plan::of(cs, n, order, channel_cases_only);
     const int polled = plan.polled, timeout = plan.timeout, stop = plan.stop;
     const steady_time* deadline = timeout >= 0 ? &special(cs[timeout]).deadline : nullptr;
@@ -229,7 +269,7 @@ inline int select_engine(case_base* const* cs, int n, chan_base** locks, int* or
     for (;;) {
         int chosen;
         outcome how;
-        if ((chosen = plan.poll_unlocked(cs, order, how)) >= 0) {  // the common case: no waiter built
+        if ((chosen = poll0(plan, cs, order, how)) >= 0) {  // the common case: no waiter built
             patience.paid();
             cs[chosen]->run(how);
             return chosen;
