@@ -161,6 +161,38 @@ TEST_CASE("lf_ring: try_push and try_pop move a value where one claim can, and o
     CHECK(r.pop(out) == res::closed);
 }
 
+TEST_CASE("lf_ring: has_room_for(k) tells whether the k slots from the tail on are free, across laps") {
+    for (std::size_t cap : {1u, 3u, 4u}) {
+        CAPTURE(cap);
+        lf_ring<int> r(cap);
+        std::optional<int> out;
+        for (int lap = 0; lap < 5; ++lap) {
+            for (std::size_t k = 1; k <= cap; ++k) CHECK(r.has_room_for(k));  // empty
+            // Fill one at a time: after i values, exactly cap - i slots are free.
+            for (std::size_t i = 1; i <= cap; ++i) {
+                int v = static_cast<int>(i);
+                REQUIRE(r.push(v) == result::ok);
+                for (std::size_t k = 1; k <= cap; ++k) CHECK(r.has_room_for(k) == (k <= cap - i));
+            }
+            // Take them back: after j values, j slots are free.
+            for (std::size_t j = 1; j <= cap; ++j) {
+                out.reset();
+                REQUIRE(r.pop(out) == result::ok);
+                for (std::size_t k = 1; k <= cap; ++k) CHECK(r.has_room_for(k) == (k <= j));
+            }
+            // Shift the start of the next lap by one value.
+            int v = 0;
+            REQUIRE(r.push(v) == result::ok);
+            out.reset();
+            REQUIRE(r.pop(out) == result::ok);
+        }
+        int v = 1;
+        REQUIRE(r.push(v) == result::ok);
+        r.close();
+        CHECK(r.has_room_for(cap));  // closed: a sender goes on, to be told so
+    }
+}
+
 TEST_CASE("lf_ring: concurrent producers and consumers take every value once, in each producer's order") {
     constexpr int kProducers = 4, kConsumers = 4;
     const int per = 20000 * csp_test::stress_iters();

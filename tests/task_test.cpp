@@ -186,6 +186,37 @@ TEST_CASE("task: a send that found the ring full goes through once a receive bet
     CHECK(ch.try_recv().state() == csp::status::would_block);  // sent once
 }
 
+TEST_CASE("task: a send that found the ring full goes through when one slot frees, though the ring never gets half empty") {
+    // The sender waits out a mostly full ring for a while (task_ops.hpp,
+    // retry), but not for good: here the receiver takes one value and then
+    // waits for the sender, with seven values still in the ring.
+    csp::runtime rt(1);
+    auto ch = csp::make_chan<int>(8);
+    for (int i = 0; i < 8; ++i) ch.send(i);  // full
+    auto go = csp::make_chan<int>();
+    auto ack = csp::make_chan<int>();
+    int first = -1, acked = -1;
+    rt.go([&]() -> csp::task<> {
+        (void)co_await go.async_recv(use_task);
+        first = *co_await ch.async_recv(use_task);  // one slot free
+        acked = *co_await ack.async_recv(use_task);
+    });
+    rt.go([&]() -> csp::task<> {
+        co_await go.async_send(0, use_task);
+        co_await ch.async_send(8, use_task);  // finds the ring full
+        co_await ack.async_send(1, use_task);
+    });
+    rt.wait();
+    CHECK(first == 0);
+    CHECK(acked == 1);
+    for (int i = 1; i <= 8; ++i) {
+        auto v = ch.try_recv();
+        REQUIRE(v);
+        CHECK(*v == i);
+    }
+    CHECK(ch.try_recv().state() == csp::status::would_block);
+}
+
 TEST_CASE("task: a task whose operations complete at once, with long work between them, lets a task queued behind it run") {
     // One worker: the second task can run only when the first gives the
     // worker back. The first never has to suspend (its channel always has

@@ -101,6 +101,7 @@ struct lf_ring_of<T, false> {
         void wait_for_claimed_pushes() const noexcept {}
         bool has_value() noexcept { return false; }
         bool has_room() noexcept { return false; }
+        bool has_room_for(std::size_t) const noexcept { return true; }
         std::size_t size() noexcept { return 0; }
         std::size_t capacity() const noexcept { return 0; }
     };
@@ -311,6 +312,9 @@ public:
         return true;
     }
 
+    // A hint for a sender that found the lock-free ring full: whether half
+    // of it is free again (or it is closed). True for other channels.
+    bool has_half_room() const noexcept { return !lock_free() || lf().has_room_for((lf().capacity() + 1) / 2); }
 
     // Without the lock, for select's first pass: false when this channel
     // has no lock-free path (its operations need the lock); otherwise the

@@ -167,6 +167,23 @@ public:
         return true;
     }
 
+    // A hint for a producer that found the ring full: whether k slots from
+    // the tail on are free now (1 <= k <= capacity), or the ring is
+    // closed. One look, at the stamp of the k-th slot: consumers free the
+    // slots in order, so the ones before it are free too. The tail is the
+    // caller's view (stale if another thread owns it).
+    bool has_room_for(std::size_t k) const noexcept {
+        const std::size_t tail = tail_.load(std::memory_order_relaxed) & ~kOwned;
+        if (tail & mark_bit_) return true;
+        std::size_t index = (tail & (mark_bit_ - 1)) + k - 1;
+        std::size_t lap = tail & ~(one_lap_ - 1);
+        if (index >= cap_) {
+            index -= cap_;
+            lap += one_lap_;
+        }
+        return slots_[index].stamp.load(std::memory_order_acquire) == lap + index;
+    }
+
     // Moves v into the ring, or reports full or closed (v untouched).
     template <probe How = probe::exact>
     result push(T& v) noexcept {
