@@ -112,22 +112,25 @@ public:
     // its own: push() and pop() carry their loops, the revocation and the
     // waits, and a function that big saves and restores six registers
     // around every claim; this one needs none of that.
+    //
+    // On an owned end, the index read before the claim is still the
+    // index inside it: if the caller still owns the end there, nobody else
+    // could have moved it, and the caller could not have lost and won the
+    // end again meanwhile (only its own claims make it an owner).
     bool try_push(T& v) noexcept {
         const std::size_t tail = tail_.load(std::memory_order_acquire);
         if (tail & kOwned) {
             owner_token* const me = this_thread_token_;
-            if (!me || !tail_owner_.is(*me)) return false;
-            std::size_t pos = 0;
-            slot* s = nullptr;
+            if (!me) return false;
+            const std::size_t pos = tail & ~kOwned;
+            const std::size_t index = pos & (mark_bit_ - 1);
+            slot& s = slots_[index];
             bool claimed = false;
             tail_owner_.claim_owned(*me, [&] {
-                pos = tail_.load(std::memory_order_relaxed) & ~kOwned;
-                const std::size_t index = pos & (mark_bit_ - 1);
-                s = &slots_[index];
-                claimed = s->stamp.load(std::memory_order_acquire) == pos;
+                claimed = s.stamp.load(std::memory_order_acquire) == pos;
                 if (claimed) tail_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
             });
-            return claimed && (write(*s, pos, v), true);
+            return claimed && (write(s, pos, v), true);
         }
         const std::size_t index = tail & (mark_bit_ - 1);  // the mark, if set, fails the stamp's test
         slot& s = slots_[index];
@@ -143,18 +146,16 @@ public:
         const std::size_t head = head_.load(std::memory_order_relaxed);
         if (head & kOwned) {
             owner_token* const me = this_thread_token_;
-            if (!me || !head_owner_.is(*me)) return false;
-            std::size_t pos = 0;
-            slot* s = nullptr;
+            if (!me) return false;
+            const std::size_t pos = head & ~kOwned;
+            const std::size_t index = pos & (mark_bit_ - 1);
+            slot& s = slots_[index];
             bool claimed = false;
             head_owner_.claim_owned(*me, [&] {
-                pos = head_.load(std::memory_order_relaxed) & ~kOwned;
-                const std::size_t index = pos & (mark_bit_ - 1);
-                s = &slots_[index];
-                claimed = s->stamp.load(std::memory_order_acquire) == pos + 1;
+                claimed = s.stamp.load(std::memory_order_acquire) == pos + 1;
                 if (claimed) head_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
             });
-            return claimed && (read(*s, pos, out), true);
+            return claimed && (read(s, pos, out), true);
         }
         const std::size_t index = head & (mark_bit_ - 1);
         slot& s = slots_[index];

@@ -63,10 +63,14 @@ public:
         return *this;
     }
     void throw_if_set() const {
-        if (category_) throw std::system_error(std::error_code(value_, *category_));
+        if (category_) [[unlikely]] throw_it();
     }
 
 private:
+    [[noreturn, gnu::noinline]] void throw_it() const {
+        throw std::system_error(std::error_code(value_, *category_));
+    }
+
     const std::error_category* category_ = nullptr;  // null: no error
     int value_ = 0;
 };
