@@ -297,7 +297,8 @@ public:
     }
 
     // The busy path of a task's send or receive, inline in its awaiter
-    // (task_ops.hpp): true when the value went into (came out of) the
+    // (task_ops.hpp), and of a select case's attempt without locks
+    // (select_case.hpp): true when the value went into (came out of) the
     // lock-free ring; the other side's waiters, if any, are then handed
     // theirs out of line. False when nothing was done: the caller goes on
     // with send_now_or_wait (recv_now_or_wait).
