@@ -118,54 +118,14 @@ public:
     // could have moved it, and the caller could not have lost and won the
     // end again meanwhile (only its own claims make it an owner).
     bool try_push(T& v) noexcept {
-        const std::size_t tail = tail_.load(std::memory_order_acquire);
-        if (tail & kOwned) {
-            owner_token* const me = this_thread_token_;
-            if (!me) return false;
-            const std::size_t pos = tail & ~kOwned;
-            const std::size_t index = pos & (mark_bit_ - 1);
-            slot& s = slots_[index];
-            bool claimed = false;
-            tail_owner_.claim_owned(*me, [&] {
-                claimed = s.stamp.load(std::memory_order_acquire) == pos;
-                if (claimed) tail_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
-            });
-            return claimed && (write(s, pos, v), true);
-        }
-        const std::size_t index = tail & (mark_bit_ - 1);  // the mark, if set, fails the stamp's test
-        slot& s = slots_[index];
-        std::size_t expected = tail;
-        if (index == 0 || s.stamp.load(std::memory_order_acquire) != tail ||
-            !tail_.compare_exchange_strong(expected, advance(tail, index), std::memory_order_seq_cst,
-                                           std::memory_order_relaxed))
-            return false;
-        write(s, tail, v);
-        return true;
+        std::size_t pos;
+        slot* const s = try_claim(tail_, tail_owner_, 0, pos);
+        return s && (write(*s, pos, v), true);
     }
     bool try_pop(std::optional<T>& out) noexcept {
-        const std::size_t head = head_.load(std::memory_order_relaxed);
-        if (head & kOwned) {
-            owner_token* const me = this_thread_token_;
-            if (!me) return false;
-            const std::size_t pos = head & ~kOwned;
-            const std::size_t index = pos & (mark_bit_ - 1);
-            slot& s = slots_[index];
-            bool claimed = false;
-            head_owner_.claim_owned(*me, [&] {
-                claimed = s.stamp.load(std::memory_order_acquire) == pos + 1;
-                if (claimed) head_.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
-            });
-            return claimed && (read(s, pos, out), true);
-        }
-        const std::size_t index = head & (mark_bit_ - 1);
-        slot& s = slots_[index];
-        std::size_t expected = head;
-        if (index == 0 || s.stamp.load(std::memory_order_acquire) != head + 1 ||
-            !head_.compare_exchange_strong(expected, advance(head, index), std::memory_order_seq_cst,
-                                           std::memory_order_relaxed))
-            return false;
-        read(s, head, out);
-        return true;
+        std::size_t pos;
+        slot* const s = try_claim(head_, head_owner_, 1, pos);
+        return s && (read(*s, pos, out), true);
     }
 
     // A hint for a producer that found the ring full: whether k slots from
@@ -448,6 +408,37 @@ private:
             return false;
         owner.note_lap(me);
         return true;
+    }
+
+    // try_push's and try_pop's one claim on an end (tail_ or head_): the
+    // slot at the end's position `pos` if its stamp is pos + `ready` (0: free
+    // for a push, 1: filled for a pop), with the end moved past it; null if
+    // anything else (see try_push).
+    [[gnu::always_inline]] slot* try_claim(std::atomic<std::size_t>& end, ring_owner& owner, std::size_t ready,
+                                           std::size_t& pos) noexcept {
+        const std::size_t at = end.load(std::memory_order_acquire);
+        if (at & kOwned) {
+            owner_token* const me = this_thread_token_;
+            if (!me) return nullptr;
+            pos = at & ~kOwned;
+            const std::size_t index = pos & (mark_bit_ - 1);
+            slot& s = slots_[index];
+            bool claimed = false;
+            owner.claim_owned(*me, [&] {
+                claimed = s.stamp.load(std::memory_order_acquire) == pos + ready;
+                if (claimed) end.store(advance(pos, index) | kOwned, std::memory_order_relaxed);
+            });
+            return claimed ? &s : nullptr;
+        }
+        pos = at;
+        const std::size_t index = at & (mark_bit_ - 1);  // a tail's close mark, if set, fails the stamp's test
+        slot& s = slots_[index];
+        std::size_t expected = at;
+        if (index == 0 || s.stamp.load(std::memory_order_acquire) != at + ready ||
+            !end.compare_exchange_strong(expected, advance(at, index), std::memory_order_seq_cst,
+                                         std::memory_order_relaxed))
+            return nullptr;
+        return &s;
     }
 
     result write(slot& s, std::size_t pos, T& v) noexcept {
